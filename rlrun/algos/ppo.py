@@ -1,0 +1,102 @@
+"""Proximal Policy Optimization: several epochs of minibatch ascent on one batch.
+
+Both variants maximise the importance-weighted surrogate of the tutorial's eq. 17,
+    J(theta) = E_{(s,a) ~ pi_old} [ pi_theta(a|s) / pi_old(a|s) * A(s, a) ],
+which reuses data sampled from pi_old (theta') for several gradient steps, and keep
+pi_theta close to pi_old: PPO-clip by clipping the ratio (eq. 19).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.distributions import Distribution
+
+from rlrun.algos.base import Algorithm, normalize
+from rlrun.config import PPOClipConfig, PPOConfig
+from rlrun.returns import gae
+from rlrun.rollout import Batch, Rollout
+
+
+class PPO(Algorithm):
+    """The part both PPO variants share; a subclass supplies `policy_loss`."""
+
+    config: PPOConfig
+
+    def advantages(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        return gae(
+            rollout.rewards, rollout.values, rollout.next_value, rollout.terminated,
+            rollout.dones, self.config.gamma, self.config.gae_lambda,
+        )
+
+    def policy_loss(self, ratio: torch.Tensor, advantages: torch.Tensor, dist: Distribution, minibatch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The negated surrogate to minimise, and diagnostics to log."""
+        raise NotImplementedError
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        config = self.config
+        history: dict[str, list[torch.Tensor]] = {}
+        epochs_done = 0
+        for _ in range(config.epochs):
+            epoch_kls = []
+            for minibatch in batch.minibatches(config.num_minibatches):
+                dist_params, values = self.policy(minibatch.obs)
+                dist = self.policy.distribution(dist_params)
+                log_ratio = dist.log_prob(minibatch.actions) - minibatch.old_log_probs
+                ratio = log_ratio.exp()
+                advantages = minibatch.advantages
+                if config.normalize_advantages:
+                    advantages = normalize(advantages)
+                policy_loss, diagnostics = self.policy_loss(ratio, advantages, dist, minibatch)
+                value_loss = 0.5 * (values - minibatch.returns).pow(2).mean()
+                entropy = dist.entropy().mean()
+                loss = policy_loss - config.ent_coef * entropy + config.vf_coef * value_loss
+                grad_norm = self.gradient_step(loss)
+                with torch.no_grad():
+                    # k3 estimator of KL(pi_old || pi_theta): unbiased, always >= 0.
+                    approx_kl = ((ratio - 1) - log_ratio).mean()
+                epoch_kls.append(approx_kl)
+                step_stats = {
+                    "policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy,
+                    "approx_kl": approx_kl, "grad_norm": grad_norm, "ratio_mean": ratio.mean(),
+                    "ratio_min": ratio.min(), "ratio_max": ratio.max(), **diagnostics,
+                }
+                for key, value in step_stats.items():
+                    history.setdefault(key, []).append(value.detach())
+            epochs_done += 1
+            if self.stop_epochs(torch.stack(epoch_kls).mean()):
+                break
+        stats = {key: torch.stack(values) for key, values in history.items()}
+        summary = {key: values.mean().item() for key, values in stats.items()}
+        summary["ratio_min"] = stats["ratio_min"].min().item()
+        summary["ratio_max"] = stats["ratio_max"].max().item()
+        summary["epochs"] = float(epochs_done)
+        return summary
+
+    def stop_epochs(self, approx_kl: torch.Tensor) -> bool:
+        """Whether to stop this update's epochs early, given the last epoch's mean approx_kl."""
+        return False
+
+
+class PPOClip(PPO):
+    """PPO-clip, tutorial eq. 19:
+
+        J(theta) = E[ min( r_t * A_t, clip(r_t, 1 - eps, 1 + eps) * A_t ) ],
+        r_t = pi_theta(a_t|s_t) / pi_old(a_t|s_t).
+
+    Once the ratio has moved past 1 +- eps in the direction the advantage rewards, the
+    min picks the clipped, constant term and that sample's gradient is zero.
+    """
+
+    name = "ppo_clip"
+    config: PPOClipConfig
+
+    def policy_loss(self, ratio, advantages, dist, minibatch):
+        eps = self.config.clip_eps
+        surrogate = ratio * advantages
+        clipped_surrogate = ratio.clamp(1 - eps, 1 + eps) * advantages
+        loss = -torch.min(surrogate, clipped_surrogate).mean()
+        clipfrac = ((ratio - 1).abs() > eps).float().mean()
+        return loss, {"clipfrac": clipfrac}
+
+    def stop_epochs(self, approx_kl):
+        return self.config.target_kl is not None and approx_kl.item() > self.config.target_kl

@@ -1,0 +1,163 @@
+"""Structured configs: the schema behind every yaml file in `configs/`.
+
+Hydra validates types against these dataclasses while it composes the config (so
+`algo.lr=abc` fails before anything runs); `__post_init__` checks ranges when the trainer turns
+the composed config into objects with `to_object`. Every field here is read by the code, and
+every key in a yaml file must be a field here.
+
+This module must not import torch: the CLI imports it to register the schemas.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from rlrun.errors import RLRunError
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise RLRunError(f"Invalid configuration: {message}")
+
+
+@dataclass
+class EnvConfig:
+    """A Gymnasium environment, stepped as a vector of `num_envs` copies."""
+
+    id: str = MISSING
+    num_envs: int = 8
+    # gymnasium.make_vec's vectorization_mode; null uses the env's own numpy-vectorised
+    # implementation when it has one (CartPole does) and "sync" otherwise.
+    vectorization: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        _check(self.num_envs >= 1, f"env.num_envs must be >= 1, got {self.num_envs}.")
+        modes = (None, "sync", "async", "vector_entry_point")
+        _check(
+            self.vectorization in modes,
+            f"env.vectorization must be one of null, sync, async, vector_entry_point; "
+            f"got {self.vectorization!r}.",
+        )
+
+
+@dataclass
+class PolicyConfig:
+    """MLP actor and critic (separate networks, same shape)."""
+
+    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
+    activation: str = "tanh"
+
+    def __post_init__(self) -> None:
+        _check(
+            all(size >= 1 for size in self.hidden_sizes),
+            f"policy.hidden_sizes must be positive, got {list(self.hidden_sizes)}.",
+        )
+        _check(
+            self.activation in ("tanh", "relu"),
+            f"policy.activation must be tanh or relu, got {self.activation!r}.",
+        )
+
+
+@dataclass
+class OptimConfig:
+    """What every algorithm's gradient step reads."""
+
+    lr: float = 3e-4
+    anneal_lr: bool = False  # linear decay to 0 over the run
+    max_grad_norm: float = 0.5
+
+    def __post_init__(self) -> None:
+        _check(self.lr > 0, f"algo.lr must be > 0, got {self.lr}.")
+        _check(self.max_grad_norm > 0, f"algo.max_grad_norm must be > 0, got {self.max_grad_norm}.")
+
+
+@dataclass
+class PPOConfig(OptimConfig):
+    """Shared by both PPO variants: fixed-length rollouts, GAE, minibatch epochs."""
+
+    rollout_steps: int = 128
+    epochs: int = 4
+    num_minibatches: int = 4
+    gamma: float = 0.99
+    gae_lambda: float = 0.95
+    normalize_advantages: bool = True
+    ent_coef: float = 0.0
+    vf_coef: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.rollout_steps >= 1, f"algo.rollout_steps must be >= 1, got {self.rollout_steps}.")
+        _check(self.epochs >= 1, f"algo.epochs must be >= 1, got {self.epochs}.")
+        _check(
+            self.num_minibatches >= 1,
+            f"algo.num_minibatches must be >= 1, got {self.num_minibatches}.",
+        )
+        _check(0 < self.gamma <= 1, f"algo.gamma must be in (0, 1], got {self.gamma}.")
+        _check(0 <= self.gae_lambda <= 1, f"algo.gae_lambda must be in [0, 1], got {self.gae_lambda}.")
+        _check(self.ent_coef >= 0, f"algo.ent_coef must be >= 0, got {self.ent_coef}.")
+        _check(self.vf_coef >= 0, f"algo.vf_coef must be >= 0, got {self.vf_coef}.")
+
+
+@dataclass
+class PPOClipConfig(PPOConfig):
+    """PPO-clip, tutorial eq. 19."""
+
+    clip_eps: float = 0.2
+    # Stop the epochs of an update early once approx_kl exceeds this (null: never).
+    target_kl: Optional[float] = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.clip_eps > 0, f"algo.clip_eps must be > 0, got {self.clip_eps}.")
+        _check(
+            self.target_kl is None or self.target_kl > 0,
+            f"algo.target_kl must be > 0 or null, got {self.target_kl}.",
+        )
+
+
+ALGO_CONFIGS: dict[str, type] = {
+    "ppo_clip": PPOClipConfig,
+}
+
+
+@dataclass
+class Config:
+    """The whole run: `configs/config.yaml` plus one `algo/` and one `env/` file."""
+
+    algo: Any = MISSING
+    env: EnvConfig = MISSING
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    seed: int = 1
+    total_timesteps: int = 100_000
+    eval_episodes: int = 10  # deterministic episodes of the final evaluation
+    torch_threads: int = 1  # small MLPs run fastest on one thread
+
+    def __post_init__(self) -> None:
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}.")
+        _check(self.total_timesteps >= 1, f"total_timesteps must be >= 1, got {self.total_timesteps}.")
+        _check(self.eval_episodes >= 0, f"eval_episodes must be >= 0, got {self.eval_episodes}.")
+        _check(self.torch_threads >= 1, f"torch_threads must be >= 1, got {self.torch_threads}.")
+
+
+def register_schemas() -> None:
+    """Make the dataclasses available to the yaml files' defaults lists."""
+    store = ConfigStore.instance()
+    store.store(name="config_schema", node=Config)
+    store.store(group="schema/env", name="env", node=EnvConfig)
+    for name, schema in ALGO_CONFIGS.items():
+        store.store(group="schema/algo", name=name, node=schema)
+
+
+def to_object(cfg: DictConfig) -> Config:
+    """The composed config as validated dataclass instances."""
+    try:
+        config = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        raise RLRunError(f"Invalid configuration: {err}") from None
+    assert isinstance(config, Config)
+    return config

@@ -1,0 +1,44 @@
+"""Advantage and return estimators on (T, N) rollouts: T steps of N vector envs.
+
+Conventions shared by every function here:
+- `terminated[t]`: the episode ended at step t in a terminal state (no future reward).
+- `dones[t]`: it ended at step t for any reason (terminated or truncated by a time limit).
+- `values[t]` is V(obs[t]); `next_value` is V of the observation after the last step.
+  Under Gymnasium's NEXT_STEP autoreset, the observation after a done step is that episode's
+  *final* observation, so `values[t + 1]` at a done step is V(final obs): a truncated
+  episode bootstraps from it, a terminated one multiplies it by zero. The step that follows
+  (the env resetting) is not a real transition; the trainer masks it out of every loss.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_value: torch.Tensor,
+    terminated: torch.Tensor,
+    dones: torch.Tensor,
+    gamma: float,
+    gae_lambda: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """GAE(lambda) advantages and the lambda-returns the critic regresses on, both (T, N).
+
+    delta_t = r_t + gamma * V(s_{t+1}) * (1 - terminated_t) - V(s_t)
+    A_t     = delta_t + gamma * lambda * (1 - done_t) * A_{t+1}
+
+    This is the advantage A(s_t, a_t) of the tutorial's eq. 13 in its lowest-variance form:
+    lambda = 1 gives the discounted reward-to-go minus the baseline V(s_t), lambda = 0 the
+    one-step TD error.
+    """
+    next_values = torch.cat([values[1:], next_value.unsqueeze(0)])
+    deltas = rewards + gamma * next_values * ~terminated - values
+    decay = gamma * gae_lambda * ~dones
+    advantages = torch.empty_like(rewards)
+    running = torch.zeros_like(next_value)
+    for t in reversed(range(rewards.shape[0])):
+        running = deltas[t] + decay[t] * running
+        advantages[t] = running
+    return advantages, advantages + values
