@@ -134,14 +134,28 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     seed: int = 1
     total_timesteps: int = 100_000
-    eval_episodes: int = 10  # deterministic episodes of the final evaluation
+    eval_episodes: int = 10  # deterministic episodes per evaluation
+    eval_interval: int = 0  # env steps between evaluations during training; 0: only at the end
     torch_threads: int = 1  # small MLPs run fastest on one thread
 
     def __post_init__(self) -> None:
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}.")
         _check(self.total_timesteps >= 1, f"total_timesteps must be >= 1, got {self.total_timesteps}.")
         _check(self.eval_episodes >= 0, f"eval_episodes must be >= 0, got {self.eval_episodes}.")
+        _check(self.eval_interval >= 0, f"eval_interval must be >= 0, got {self.eval_interval}.")
         _check(self.torch_threads >= 1, f"torch_threads must be >= 1, got {self.torch_threads}.")
+        if isinstance(self.algo, PPOConfig):
+            batch_size = self.algo.rollout_steps * self.env.num_envs
+            _check(
+                self.total_timesteps >= batch_size,
+                f"total_timesteps ({self.total_timesteps}) is less than one rollout "
+                f"(algo.rollout_steps * env.num_envs = {batch_size}).",
+            )
+            _check(
+                self.algo.num_minibatches <= batch_size,
+                f"algo.num_minibatches ({self.algo.num_minibatches}) exceeds the batch size "
+                f"(algo.rollout_steps * env.num_envs = {batch_size}).",
+            )
 
 
 def register_schemas() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
@@ -19,11 +19,9 @@ class RunTracker:
     def __init__(self, run_dir: Path, total_steps: int, console: Console):
         self.writer = SummaryWriter(str(run_dir / TENSORBOARD_SUBDIR))
         self.progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("steps"),
-            TextColumn("{task.fields[sps]:>7,.0f} SPS  return {task.fields[ret]:>7.1f}  kl {task.fields[kl]:.4f}"),
+            BarColumn(bar_width=24),
+            TextColumn("{task.completed:>9,}/{task.total:,} steps"),
+            TextColumn("{task.fields[sps]:>7,.0f} SPS  return {task.fields[ret]:6.1f}  kl {task.fields[kl]:.1e}"),
             TimeElapsedColumn(),
             console=console,
             transient=False,

@@ -76,6 +76,8 @@ class Trainer:
         num_updates = config.total_timesteps // steps_per_update
         start = time.perf_counter()
         status, eval_returns = "failed", np.array([])
+        next_eval_step = config.eval_interval
+        log.info("training %s on %s for %d updates of %d steps", self.algo.name, config.env.id, num_updates, steps_per_update)
         with RunTracker(self.run_dir, num_updates * steps_per_update, self.console) as tracker:
             try:
                 for update in range(num_updates):
@@ -94,9 +96,10 @@ class Trainer:
                         }, self.global_step)
                     recent = float(np.mean(self.recent_returns)) if self.recent_returns else math.nan
                     tracker.advance(self.global_step, sps, recent, stats["kl"])
-                eval_returns = self.evaluate()
-                if eval_returns.size:
-                    tracker.scalars("eval", {"episodic_return": float(eval_returns.mean())}, self.global_step)
+                    if config.eval_interval and self.global_step >= next_eval_step:
+                        self.evaluate_and_log(tracker)
+                        next_eval_step += config.eval_interval
+                eval_returns = self.evaluate_and_log(tracker)
                 status = "completed"
             except KeyboardInterrupt:
                 status = "interrupted"
@@ -157,6 +160,13 @@ class Trainer:
             old = self.policy.distribution(batch.old_dist_params)
             new = self.policy.distribution(self.policy.actor(batch.obs))
             return kl_divergence(old, new).mean().item()
+
+    def evaluate_and_log(self, tracker: RunTracker) -> np.ndarray:
+        returns = self.evaluate()
+        if returns.size:
+            tracker.scalars("eval", {"episodic_return": float(returns.mean())}, self.global_step)
+            log.info("step %d: eval return %.1f +- %.1f", self.global_step, returns.mean(), returns.std())
+        return returns
 
     def evaluate(self) -> np.ndarray:
         """Returns of `eval_episodes` deterministic episodes (the distribution's mode)."""

@@ -1,0 +1,42 @@
+"""Hydra finds the configs from the source checkout and from an installed wheel."""
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+
+def test_source_checkout_uses_the_top_level_configs():
+    """README installs the checkout editable: `rlrun.configs` is then the top-level configs/."""
+    assert Path(importlib.util.find_spec("rlrun").origin).parent == REPO / "rlrun"
+    assert Path(importlib.util.find_spec("rlrun.configs").origin).parent == REPO / "configs"
+
+
+def test_wheel_ships_the_configs(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist"), str(REPO)],
+        check=True, capture_output=True,
+    )
+    (wheel,) = (tmp_path / "dist").glob("rlrun-*.whl")
+    site = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel)],
+        check=True, capture_output=True,
+    )
+    assert (site / "rlrun" / "configs" / "algo" / "ppo_clip.yaml").is_file()
+    env = {**os.environ, "PYTHONPATH": str(site)}  # the wheel's rlrun shadows the checkout's
+    where = subprocess.run(
+        [sys.executable, "-c", "import rlrun.configs; print(rlrun.configs.__file__)"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, check=True,
+    )
+    assert where.stdout.startswith(str(site))
+    run_dir = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "rlrun", "train", f"hydra.run.dir={run_dir}", "total_timesteps=256", "algo.rollout_steps=16", "eval_episodes=1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / "summary.json").is_file()

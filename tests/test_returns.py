@@ -1,0 +1,78 @@
+import torch
+from pytest import approx
+
+from rlrun.returns import gae
+
+GAMMA, LAMBDA = 0.9, 0.8
+
+
+def _batch():
+    """Two envs, four steps, hand-built under NEXT_STEP autoreset.
+
+    env 0: terminates at t=1; t=2 is the reset step (reward 0, not a real transition).
+    env 1: truncated by a time limit at t=2; values[3] is V(final observation) and must be
+    bootstrapped from; t=3 is the reset step.
+    """
+    rewards = torch.tensor([[1.0, 1.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.0]])
+    values = torch.tensor([[0.5, 1.0], [0.4, 2.0], [0.3, 3.0], [0.2, 4.0]])
+    next_value = torch.tensor([0.1, 5.0])
+    terminated = torch.tensor([[False, False], [True, False], [False, False], [False, False]])
+    dones = torch.tensor([[False, False], [True, False], [False, True], [False, False]])
+    return rewards, values, next_value, terminated, dones
+
+
+def test_gae_by_hand_with_termination_and_truncation():
+    advantages, returns = gae(*_batch(), GAMMA, LAMBDA)
+    decay = GAMMA * LAMBDA
+    # env 0: terminal at t=1 -> no bootstrap, and t=0 sees only its own episode.
+    a3 = 1 + GAMMA * 0.1 - 0.2
+    a1 = 1 - 0.4
+    a0 = (1 + GAMMA * 0.4 - 0.5) + decay * a1
+    assert advantages[:, 0][[0, 1, 3]].tolist() == approx([a0, a1, a3])
+    # env 1: truncated at t=2 -> bootstrap from V(final obs) = 4.0, then cut.
+    b2 = 1 + GAMMA * 4.0 - 3.0
+    b1 = (1 + GAMMA * 3.0 - 2.0) + decay * b2
+    b0 = (1 + GAMMA * 2.0 - 1.0) + decay * b1
+    assert advantages[:3, 1].tolist() == approx([b0, b1, b2])
+    assert torch.allclose(returns, advantages + _batch()[1])
+
+
+def _reference_gae(rewards, values, next_value, terminated, dones, gamma, lam):
+    """Per-env, per-step loops: the definition written out with no vectorisation."""
+    T, N = rewards.shape
+    out = torch.zeros(T, N)
+    for n in range(N):
+        for t in range(T):
+            total, weight = 0.0, 1.0
+            for k in range(t, T):
+                next_v = values[k + 1, n] if k + 1 < T else next_value[n]
+                delta = rewards[k, n] + gamma * next_v * (not terminated[k, n]) - values[k, n]
+                total += weight * delta
+                if dones[k, n]:
+                    break
+                weight *= gamma * lam
+            out[t, n] = total
+    return out
+
+
+def test_gae_matches_reference_on_random_batches():
+    generator = torch.Generator().manual_seed(0)
+    for lam in (0.0, 0.5, 0.95, 1.0):
+        rewards = torch.randn(20, 3, generator=generator)
+        values = torch.randn(20, 3, generator=generator)
+        next_value = torch.randn(3, generator=generator)
+        dones = torch.rand(20, 3, generator=generator) < 0.2
+        terminated = dones & (torch.rand(20, 3, generator=generator) < 0.5)
+        advantages, _ = gae(rewards, values, next_value, terminated, dones, 0.97, lam)
+        expected = _reference_gae(rewards, values, next_value, terminated, dones, 0.97, lam)
+        assert torch.allclose(advantages, expected, atol=1e-5)
+
+
+def test_gae_lambda_one_is_discounted_reward_to_go_minus_value():
+    rewards = torch.tensor([[1.0], [2.0], [3.0]])
+    values = torch.tensor([[0.5], [0.25], [0.125]])
+    no_end = torch.zeros(3, 1, dtype=torch.bool)
+    advantages, returns = gae(rewards, values, torch.tensor([10.0]), no_end, no_end, 0.5, 1.0)
+    # G_0 = 1 + 0.5 * 2 + 0.25 * 3 + 0.125 * V(s_3) with V(s_3) = 10 bootstrapping the cut rollout
+    assert returns[:, 0].tolist() == approx([1 + 1 + 0.75 + 1.25, 2 + 1.5 + 2.5, 3 + 5])
+    assert advantages[:, 0].tolist() == approx((returns - values)[:, 0].tolist())
