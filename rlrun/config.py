@@ -11,6 +11,7 @@ This module must not import torch: the CLI imports it to register the schemas.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -77,6 +78,49 @@ class OptimConfig:
 
 
 @dataclass
+class PGConfig(OptimConfig):
+    """Vanilla policy gradient (REINFORCE), tutorial eq. 12: whole episodes, no critic."""
+
+    normalize_advantages: bool = False
+
+
+class Baseline(str, Enum):
+    """What pg_baseline subtracts from the return (the b of the list after eq. 13)."""
+
+    none = "none"
+    mean = "mean"  # the batch's mean return
+    value = "value"  # a learned V(s_t), regressed on the returns
+
+
+@dataclass
+class PGBaselineConfig(PGConfig):
+    """Policy gradient with the improvements listed after the tutorial's eq. 13."""
+
+    reward_to_go: bool = True  # weight a_t by rewards from t on, not the whole episode's
+    gamma: float = 0.99  # discount gamma^(t'-t)
+    baseline: Baseline = Baseline.value
+    gae_lambda: Optional[float] = None  # GAE(lambda) with the learned V instead of Monte Carlo
+    value_steps: int = 5  # critic regression steps per update (baseline=value)
+    vf_coef: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0 < self.gamma <= 1, f"algo.gamma must be in (0, 1], got {self.gamma}.")
+        _check(self.value_steps >= 1, f"algo.value_steps must be >= 1, got {self.value_steps}.")
+        _check(self.vf_coef > 0, f"algo.vf_coef must be > 0, got {self.vf_coef}.")
+        if self.gae_lambda is not None:
+            _check(
+                0 <= self.gae_lambda <= 1,
+                f"algo.gae_lambda must be in [0, 1] or null, got {self.gae_lambda}.",
+            )
+            _check(
+                self.baseline == Baseline.value,
+                "algo.gae_lambda needs the learned value baseline (algo.baseline=value); "
+                f"got algo.baseline={self.baseline.value}.",
+            )
+
+
+@dataclass
 class PPOConfig(OptimConfig):
     """Shared by both PPO variants: fixed-length rollouts, GAE, minibatch epochs."""
 
@@ -120,7 +164,24 @@ class PPOClipConfig(PPOConfig):
         )
 
 
+@dataclass
+class PPOKLConfig(PPOConfig):
+    """PPO with a KL penalty, tutorial eq. 18, and Schulman et al. (2017)'s adaptive beta."""
+
+    kl_target: float = 0.01  # d_targ
+    beta_init: float = 1.0
+    adaptive: bool = True  # false: beta stays beta_init
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.kl_target > 0, f"algo.kl_target must be > 0, got {self.kl_target}.")
+        _check(self.beta_init >= 0, f"algo.beta_init must be >= 0, got {self.beta_init}.")
+
+
 ALGO_CONFIGS: dict[str, type] = {
+    "pg": PGConfig,
+    "pg_baseline": PGBaselineConfig,
+    "ppo_kl": PPOKLConfig,
     "ppo_clip": PPOClipConfig,
 }
 

@@ -39,3 +39,14 @@ def _check_registered(env_id: str) -> None:
         f"Unknown Gymnasium environment {env_id!r}.{hint} Environments with a tuned config "
         "are listed by `rlrun train --help` (group env)."
     )
+
+
+def max_episode_steps(config: EnvConfig) -> int:
+    """The time limit of `config.id`; algorithms that need whole episodes need one."""
+    limit = gym.spec(config.id).max_episode_steps
+    if limit is None:
+        raise RLRunError(
+            f"Environment {config.id} has no time limit, but this algorithm collects whole "
+            "episodes and needs every episode to end."
+        )
+    return limit

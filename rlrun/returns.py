@@ -42,3 +42,34 @@ def gae(
         running = deltas[t] + decay[t] * running
         advantages[t] = running
     return advantages, advantages + values
+
+
+def reward_to_go(rewards: torch.Tensor, dones: torch.Tensor, gamma: float) -> torch.Tensor:
+    """G_t = sum_{t'=t}^{T_end} gamma^(t'-t) r_t', summed to the end of t's episode, (T, N).
+
+    The list after the tutorial's eq. 13 (with its exponent corrected to t' - t). No
+    bootstrapping: valid only for episodes that end inside the rollout, which is why the
+    Monte-Carlo algorithms collect whole episodes.
+    """
+    returns = torch.empty_like(rewards)
+    running = torch.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        running = rewards[t] + gamma * ~dones[t] * running
+        returns[t] = running
+    return returns
+
+
+def episode_returns(rewards: torch.Tensor, dones: torch.Tensor, gamma: float = 1.0) -> torch.Tensor:
+    """R(tau) = sum_t gamma^t r_t of the episode each step belongs to, at every step, (T, N).
+
+    The weight every action of an episode gets in the tutorial's eq. 12 (gamma = 1 there).
+    An episode starts at t = 0 or right after a done.
+    """
+    to_go = reward_to_go(rewards, dones, gamma)
+    totals = torch.empty_like(to_go)
+    current = to_go[0]
+    totals[0] = current
+    for t in range(1, rewards.shape[0]):
+        current = torch.where(dones[t - 1], to_go[t], current)
+        totals[t] = current
+    return totals

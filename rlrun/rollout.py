@@ -17,6 +17,7 @@ class Batch:
     old_log_probs: torch.Tensor
     old_dist_params: torch.Tensor  # parameters of pi_old(.|s), to rebuild it exactly
     old_values: torch.Tensor
+    dones: torch.Tensor  # the episode ended at this step
     advantages: torch.Tensor
     returns: torch.Tensor  # regression targets for V(s)
 
@@ -62,6 +63,7 @@ class Rollout:
             old_log_probs=self.log_probs[valid],
             old_dist_params=self.dist_params[valid],
             old_values=self.values[valid],
+            dones=self.dones[valid],
             advantages=advantages[valid],
             returns=returns[valid],
         )

@@ -17,14 +17,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from torch.distributions import Distribution, kl_divergence
+from torch.distributions import Distribution
 
 from rlrun.algos import algorithm_class
+from rlrun.algos.base import mean_kl
 from rlrun.checkpoint import save_checkpoint, write_summary
 from rlrun.config import Config, to_object
-from rlrun.envs import make_vector_env
+from rlrun.envs import make_vector_env, max_episode_steps
 from rlrun.policies import ActorCritic
-from rlrun.rollout import Batch, Rollout
+from rlrun.rollout import Rollout
 from rlrun.tracking import TENSORBOARD_SUBDIR, RunTracker
 
 log = logging.getLogger(__name__)
@@ -56,32 +57,31 @@ class Trainer:
         algo_class = algorithm_class(config.algo)
         self.policy = ActorCritic(
             self.envs.single_observation_space, self.envs.single_action_space,
-            config.policy, with_critic=algo_class.uses_critic,
+            config.policy, with_critic=algo_class.needs_critic(config.algo),
         )
         self.algo = algo_class(config.algo, self.policy)
         head = self.policy.head
+        # Whole episodes need room for the longest one; fixed rollouts have a set length.
+        steps = max_episode_steps(config.env) if self.algo.whole_episodes else config.algo.rollout_steps
         self.rollout = Rollout(
-            config.algo.rollout_steps, config.env.num_envs, self.envs.single_observation_space.shape,
+            steps, config.env.num_envs, self.envs.single_observation_space.shape,
             head.action_shape, head.action_dtype, head.num_params,
         )
-        obs, _ = self.envs.reset(seed=config.seed)
-        self.obs = torch.as_tensor(obs, dtype=torch.float32)
-        self.prev_dones = torch.zeros(config.env.num_envs, dtype=torch.bool)
-        self.global_step = 0
+        self.start_episodes(seed=config.seed)
+        self.global_step = 0  # real transitions collected (reset steps do not count)
         self.recent_returns: deque[float] = deque(maxlen=20)
 
     def run(self) -> float:
         config = self.config
-        steps_per_update = self.rollout.steps * config.env.num_envs
-        num_updates = config.total_timesteps // steps_per_update
         start = time.perf_counter()
         status, eval_returns = "failed", np.array([])
         next_eval_step = config.eval_interval
-        log.info("training %s on %s for %d updates of %d steps", self.algo.name, config.env.id, num_updates, steps_per_update)
-        with RunTracker(self.run_dir, num_updates * steps_per_update, self.console) as tracker:
+        log.info("training %s on %s for %d env steps", self.algo.name, config.env.id, config.total_timesteps)
+        with RunTracker(self.run_dir, config.total_timesteps, self.console) as tracker:
             try:
-                for update in range(num_updates):
-                    lr = config.algo.lr * (1 - update / num_updates if config.algo.anneal_lr else 1)
+                while self.global_step < config.total_timesteps:
+                    progress = self.global_step / config.total_timesteps
+                    lr = config.algo.lr * (1 - progress if config.algo.anneal_lr else 1)
                     self.algo.set_learning_rate(lr)
                     episode_returns, episode_lengths = self.collect()
                     stats = self.update()
@@ -112,9 +112,23 @@ class Trainer:
         self.report(summary)
         return summary["eval_return_mean"]
 
+    def start_episodes(self, seed: int | None = None) -> None:
+        obs, _ = self.envs.reset(seed=seed)
+        self.obs = torch.as_tensor(obs, dtype=torch.float32)
+        self.prev_dones = torch.zeros(self.envs.num_envs, dtype=torch.bool)
+        # In whole-episode mode an env stops contributing after its first episode ends.
+        self.collecting = torch.ones(self.envs.num_envs, dtype=torch.bool)
+
     def collect(self) -> tuple[list[float], list[float]]:
-        """Fill the rollout with `rollout_steps` steps of every env; return finished episodes."""
+        """Fill the rollout; return the returns and lengths of the episodes that finished.
+
+        Fixed rollouts: `rollout_steps` steps of every env, episodes carried over between
+        updates. Whole episodes: reset every env and step until each has ended one episode.
+        """
         rollout, policy = self.rollout, self.policy
+        whole_episodes = self.algo.whole_episodes
+        if whole_episodes and self.global_step > 0:
+            self.start_episodes()
         episode_returns: list[float] = []
         episode_lengths: list[float] = []
         for t in range(rollout.steps):
@@ -132,14 +146,19 @@ class Trainer:
             rollout.rewards[t] = torch.as_tensor(rewards)
             rollout.terminated[t] = torch.as_tensor(terminated)
             rollout.dones[t] = torch.as_tensor(terminated | truncated)
-            rollout.valid[t] = ~self.prev_dones
-            self.prev_dones = rollout.dones[t]
+            rollout.valid[t] = ~self.prev_dones & self.collecting
+            self.prev_dones = rollout.dones[t].clone()
             self.obs = torch.as_tensor(obs, dtype=torch.float32)
             if "episode" in info:
-                finished = info["_episode"]
+                finished = info["_episode"] & rollout.valid[t].numpy()
                 episode_returns += info["episode"]["r"][finished].tolist()
                 episode_lengths += info["episode"]["l"][finished].tolist()
-        self.global_step += rollout.steps * self.envs.num_envs
+            if whole_episodes:
+                self.collecting &= ~rollout.dones[t]
+                if not self.collecting.any():
+                    rollout.valid[t + 1:] = False
+                    break
+        self.global_step += int(rollout.valid.sum())
         with torch.inference_mode():
             rollout.next_value = policy.value(self.obs)
         self.recent_returns.extend(episode_returns)
@@ -149,17 +168,10 @@ class Trainer:
         advantages, returns = self.algo.advantages(self.rollout)
         batch = self.rollout.batch(advantages, returns)
         stats = self.algo.update(batch)
-        stats["kl"] = self.policy_kl(batch)
+        stats["kl"] = mean_kl(self.policy, batch).item()  # how far this update moved the policy
         if self.policy.critic is not None:
             stats["explained_variance"] = explained_variance(batch.old_values, batch.returns)
         return stats
-
-    def policy_kl(self, batch: Batch) -> float:
-        """Exact mean KL(pi_old || pi_new) over the batch: how far this update moved the policy."""
-        with torch.no_grad():
-            old = self.policy.distribution(batch.old_dist_params)
-            new = self.policy.distribution(self.policy.actor(batch.obs))
-            return kl_divergence(old, new).mean().item()
 
     def evaluate_and_log(self, tracker: RunTracker) -> np.ndarray:
         returns = self.evaluate()

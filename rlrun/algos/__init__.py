@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from rlrun.algos.base import Algorithm
-from rlrun.algos.ppo import PPOClip
-from rlrun.config import PPOClipConfig
+from rlrun.algos.pg import PG, PGBaseline
+from rlrun.algos.ppo import PPOKL, PPOClip
+from rlrun.config import PGBaselineConfig, PGConfig, PPOClipConfig, PPOKLConfig
 
 ALGORITHMS: dict[type, type[Algorithm]] = {
+    PGConfig: PG,
+    PGBaselineConfig: PGBaseline,
+    PPOKLConfig: PPOKL,
     PPOClipConfig: PPOClip,
 }
 

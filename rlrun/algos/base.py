@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.distributions import kl_divergence
+from torch.func import functional_call, grad, vmap
 
 from rlrun.config import OptimConfig
 from rlrun.policies import ActorCritic
@@ -18,13 +20,18 @@ class Algorithm:
     """
 
     name: str
-    uses_critic = True  # build a value network V(s)
+    whole_episodes = False  # collect complete episodes per update instead of fixed rollouts
 
     def __init__(self, config: OptimConfig, policy: ActorCritic):
         self.config = config
         self.policy = policy
         # eps=1e-5 as in the PPO reference implementations (baselines, CleanRL).
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5)
+
+    @classmethod
+    def needs_critic(cls, config: OptimConfig) -> bool:
+        """Whether the policy needs a value network V(s) for this config."""
+        return True
 
     def advantages(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         """(advantages, value targets), both (T, N)."""
@@ -49,3 +56,29 @@ class Algorithm:
 def normalize(advantages: torch.Tensor) -> torch.Tensor:
     """Zero mean, unit std per minibatch: a per-batch baseline and step-size control."""
     return (advantages - advantages.mean()) / (advantages.std(unbiased=False) + 1e-8)
+
+
+def mean_kl(policy: ActorCritic, batch: Batch) -> torch.Tensor:
+    """Exact mean KL(pi_old || pi_theta) over the batch, pi_old as stored at collection."""
+    with torch.no_grad():
+        old = policy.distribution(batch.old_dist_params)
+        new = policy.distribution(policy.actor(batch.obs))
+        return kl_divergence(old, new).mean()
+
+
+def score_function_variance(policy: ActorCritic, batch: Batch, advantages: torch.Tensor, max_samples: int = 1024) -> float:
+    """Total variance of the per-sample policy-gradient terms A_t * grad log pi(a_t|s_t).
+
+    The sum over actor parameters of each coordinate's variance across samples (on at most
+    `max_samples` random samples of the batch). The batch gradient is a mean of these terms,
+    so its variance scales with this number: a good baseline makes it smaller.
+    """
+    index = torch.randperm(len(batch))[:max_samples]
+    params = {name: p.detach() for name, p in policy.actor.named_parameters()}
+
+    def term(params, obs, action, advantage):
+        dist_params = functional_call(policy.actor, params, (obs,))
+        return policy.distribution(dist_params).log_prob(action) * advantage
+
+    grads = vmap(grad(term), in_dims=(None, 0, 0, 0))(params, batch.obs[index], batch.actions[index], advantages[index])
+    return sum(g.flatten(1).var(dim=0).sum() for g in grads.values()).item()

@@ -3,16 +3,17 @@
 Both variants maximise the importance-weighted surrogate of the tutorial's eq. 17,
     J(theta) = E_{(s,a) ~ pi_old} [ pi_theta(a|s) / pi_old(a|s) * A(s, a) ],
 which reuses data sampled from pi_old (theta') for several gradient steps, and keep
-pi_theta close to pi_old: PPO-clip by clipping the ratio (eq. 19).
+pi_theta close to pi_old: PPO-KL with a KL penalty (eq. 18), PPO-clip by clipping the ratio
+(eq. 19).
 """
 
 from __future__ import annotations
 
 import torch
-from torch.distributions import Distribution
+from torch.distributions import Distribution, kl_divergence
 
-from rlrun.algos.base import Algorithm, normalize
-from rlrun.config import PPOClipConfig, PPOConfig
+from rlrun.algos.base import Algorithm, mean_kl, normalize
+from rlrun.config import PPOClipConfig, PPOConfig, PPOKLConfig
 from rlrun.returns import gae
 from rlrun.rollout import Batch, Rollout
 
@@ -100,3 +101,41 @@ class PPOClip(PPO):
 
     def stop_epochs(self, approx_kl):
         return self.config.target_kl is not None and approx_kl.item() > self.config.target_kl
+
+
+class PPOKL(PPO):
+    """PPO with a KL penalty, tutorial eq. 18:
+
+        J_PPO(theta) = E[ r_t * A_t ] - beta * KL(pi_old || pi_theta),
+
+    with the exact KL of the action distributions. With `adaptive`, beta follows Schulman
+    et al. (2017), sec. 4, after every update (`adapt_kl_beta`).
+    """
+
+    name = "ppo_kl"
+    config: PPOKLConfig
+
+    def __init__(self, config: PPOKLConfig, policy):
+        super().__init__(config, policy)
+        self.kl_beta = config.beta_init
+
+    def policy_loss(self, ratio, advantages, dist, minibatch):
+        kl = kl_divergence(self.policy.distribution(minibatch.old_dist_params), dist).mean()
+        surrogate = (ratio * advantages).mean()
+        return -(surrogate - self.kl_beta * kl), {"kl_penalty": kl}
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        stats = super().update(batch)
+        stats["kl_beta"] = self.kl_beta  # the beta this update used
+        if self.config.adaptive:
+            self.kl_beta = adapt_kl_beta(self.kl_beta, mean_kl(self.policy, batch).item(), self.config.kl_target)
+        return stats
+
+
+def adapt_kl_beta(kl_beta: float, kl: float, kl_target: float) -> float:
+    """Halve beta when the update moved less than d_targ / 1.5, double it past 1.5 d_targ."""
+    if kl < kl_target / 1.5:
+        return kl_beta / 2
+    if kl > kl_target * 1.5:
+        return kl_beta * 2
+    return kl_beta

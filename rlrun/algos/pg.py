@@ -1,0 +1,99 @@
+"""Monte-Carlo policy gradient: the tutorial's eq. 12 and eq. 13.
+
+Both algorithms collect whole episodes: every update resets the `num_envs` environments and
+runs each for exactly one episode (to termination or its time limit), so every return is
+complete; nothing is cut by the end of a rollout. One gradient step per batch, as in the
+tutorial's Algorithm 1: the data is used once, then thrown away.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlrun.algos.base import Algorithm, normalize, score_function_variance
+from rlrun.config import Baseline, PGBaselineConfig, PGConfig
+from rlrun.returns import episode_returns, gae, reward_to_go
+from rlrun.rollout import Batch, Rollout
+
+
+class PG(Algorithm):
+    """Vanilla policy gradient (REINFORCE), eq. 12:
+
+        grad R ~= 1/N sum_n sum_t R(tau_n) grad log pi_theta(a_t^n | s_t^n),
+
+    every action of episode n weighted by that episode's total return. No critic.
+    """
+
+    name = "pg"
+    whole_episodes = True
+    config: PGConfig
+
+    @classmethod
+    def needs_critic(cls, config):
+        return False
+
+    def advantages(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        returns = episode_returns(rollout.rewards, rollout.dones)
+        return returns, returns
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        advantages = normalize(batch.advantages) if self.config.normalize_advantages else batch.advantages
+        dist = self.policy.distribution(self.policy.actor(batch.obs))
+        policy_loss = policy_gradient_loss(dist.log_prob(batch.actions), advantages, num_episodes=batch.dones.sum())
+        grad_var = score_function_variance(self.policy, batch, advantages)
+        grad_norm = self.gradient_step(policy_loss)
+        return {
+            "policy_loss": policy_loss.item(), "entropy": dist.entropy().mean().item(),
+            "grad_norm": grad_norm.item(), "grad_var": grad_var,
+        }
+
+
+def policy_gradient_loss(log_probs: torch.Tensor, advantages: torch.Tensor, num_episodes: torch.Tensor) -> torch.Tensor:
+    """Minus eq. 13's estimate, 1/N sum_n sum_t A_t^n log pi(a_t^n|s_t^n), over N episodes.
+
+    Its gradient is minus the policy-gradient estimate (the advantages are constants).
+    """
+    return -(log_probs * advantages).sum() / num_episodes
+
+
+class PGBaseline(PG):
+    """Policy gradient with the improvements listed after eq. 13, each a config switch:
+
+    A(s_t, a_t) = sum_{t'} gamma^(t'-t) r_t' - b: rewards from t on only (`reward_to_go`),
+    discounted (`gamma`), minus a baseline b (`baseline`: none, the batch's mean return, or a
+    learned V(s_t)); with `gae_lambda` set, GAE(lambda) on the learned V instead.
+    """
+
+    name = "pg_baseline"
+    config: PGBaselineConfig
+
+    @classmethod
+    def needs_critic(cls, config):
+        return config.baseline == Baseline.value
+
+    def advantages(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        config = self.config
+        if config.gae_lambda is not None:
+            return gae(
+                rollout.rewards, rollout.values, rollout.next_value, rollout.terminated,
+                rollout.dones, config.gamma, config.gae_lambda,
+            )
+        if config.reward_to_go:
+            returns = reward_to_go(rollout.rewards, rollout.dones, config.gamma)
+        else:
+            returns = episode_returns(rollout.rewards, rollout.dones, config.gamma)
+        if config.baseline == Baseline.mean:
+            # A batch mean shrinks the expected gradient by (1 - 1/B) for B samples, no more.
+            return returns - returns[rollout.valid].mean(), returns
+        if config.baseline == Baseline.value:
+            return returns - rollout.values, returns
+        return returns, returns
+
+    def update(self, batch: Batch) -> dict[str, float]:
+        stats = super().update(batch)
+        if self.policy.critic is not None:
+            for _ in range(self.config.value_steps):
+                value_loss = 0.5 * (self.policy.value(batch.obs) - batch.returns).pow(2).mean()
+                self.gradient_step(self.config.vf_coef * value_loss)
+            stats["value_loss"] = value_loss.item()
+        return stats
