@@ -88,7 +88,7 @@ class Baseline(str, Enum):
     """What pg_baseline subtracts from the return (the b of the list after eq. 13)."""
 
     none = "none"
-    mean = "mean"  # the batch's mean return
+    mean = "mean"  # the mean return of the batch's other episodes
     value = "value"  # a learned V(s_t), regressed on the returns
 
 
@@ -205,6 +205,12 @@ class Config:
         _check(self.eval_episodes >= 0, f"eval_episodes must be >= 0, got {self.eval_episodes}.")
         _check(self.eval_interval >= 0, f"eval_interval must be >= 0, got {self.eval_interval}.")
         _check(self.torch_threads >= 1, f"torch_threads must be >= 1, got {self.torch_threads}.")
+        if isinstance(self.algo, PGBaselineConfig) and self.algo.baseline == Baseline.mean:
+            _check(
+                self.env.num_envs >= 2,
+                "algo.baseline=mean estimates each episode's baseline from the other episodes "
+                f"of the batch (one per env), so it needs env.num_envs >= 2; got {self.env.num_envs}.",
+            )
         if isinstance(self.algo, PPOConfig):
             batch_size = self.algo.rollout_steps * self.env.num_envs
             _check(

@@ -76,3 +76,42 @@ def test_gae_lambda_one_is_discounted_reward_to_go_minus_value():
     # G_0 = 1 + 0.5 * 2 + 0.25 * 3 + 0.125 * V(s_3) with V(s_3) = 10 bootstrapping the cut rollout
     assert returns[:, 0].tolist() == approx([1 + 1 + 0.75 + 1.25, 2 + 1.5 + 2.5, 3 + 5])
     assert advantages[:, 0].tolist() == approx((returns - values)[:, 0].tolist())
+
+
+def _episodes():
+    """One env, six steps: an episode of 3 ending at t=2, the reset step t=3 (reward 0),
+    then an episode of 2 ending at t=5."""
+    rewards = torch.tensor([[1.0], [2.0], [3.0], [0.0], [4.0], [5.0]])
+    dones = torch.tensor([[False], [False], [True], [False], [False], [True]])
+    return rewards, dones
+
+
+def test_reward_to_go_by_hand():
+    from rlrun.returns import reward_to_go
+
+    rewards, dones = _episodes()
+    assert reward_to_go(rewards, dones, 1.0)[:, 0].tolist() == approx([6, 5, 3, 9, 9, 5])
+    g = 0.5
+    assert reward_to_go(rewards, dones, g)[:, 0].tolist() == approx(
+        [1 + g * 2 + g * g * 3, 2 + g * 3, 3, g * 4 + g * g * 5, 4 + g * 5, 5]
+    )
+
+
+def test_episode_returns_by_hand():
+    from rlrun.returns import episode_returns
+
+    rewards, dones = _episodes()
+    # every step carries R(tau) of its own episode; the reset step's value is never used
+    totals = episode_returns(rewards, dones)[:, 0].tolist()
+    assert totals[:3] == approx([6, 6, 6]) and totals[4:] == approx([9, 9])
+    assert episode_returns(rewards, dones, 0.5)[:3, 0].tolist() == approx([2.75] * 3)
+
+
+def test_returns_are_independent_per_env():
+    from rlrun.returns import episode_returns, reward_to_go
+
+    rewards, dones = _episodes()
+    both = (torch.cat([rewards, rewards.flip(0)], 1), torch.cat([dones, dones.roll(1, 0)], 1))
+    for fn in (reward_to_go, episode_returns):
+        assert torch.equal(fn(*both, 0.9)[:, 0], fn(rewards, dones, 0.9)[:, 0])
+        assert torch.equal(fn(*both, 0.9)[:, 1:], fn(rewards.flip(0), dones.roll(1, 0), 0.9))

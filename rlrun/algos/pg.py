@@ -83,8 +83,7 @@ class PGBaseline(PG):
         else:
             returns = episode_returns(rollout.rewards, rollout.dones, config.gamma)
         if config.baseline == Baseline.mean:
-            # A batch mean shrinks the expected gradient by (1 - 1/B) for B samples, no more.
-            return returns - returns[rollout.valid].mean(), returns
+            return returns - leave_one_out_mean(returns, rollout.valid), returns
         if config.baseline == Baseline.value:
             return returns - rollout.values, returns
         return returns, returns
@@ -97,3 +96,15 @@ class PGBaseline(PG):
                 self.gradient_step(self.config.vf_coef * value_loss)
             stats["value_loss"] = value_loss.item()
         return stats
+
+
+def leave_one_out_mean(returns: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """b = E[R(tau)] estimated, for each episode, from the batch's *other* episodes, (N,).
+
+    In whole-episode rollouts column n is one episode. Leaving it out keeps b independent
+    of the actions it is subtracted from, so the estimate stays unbiased; a plain batch mean
+    would shrink the expected gradient by a factor (1 - 1/N).
+    """
+    masked = returns * valid
+    sums, counts = masked.sum(0), valid.sum(0)
+    return (sums.sum() - sums) / (counts.sum() - counts)
