@@ -32,7 +32,8 @@ def test_train_writes_a_complete_run_directory(tmp_path):
 
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
-    assert summary["env_steps"] == 256
+    # env steps count real transitions (not reset steps); the last rollout may overshoot
+    assert 256 <= summary["env_steps"] < 256 + 16 * 8
     assert summary["eval_episodes"] == 2 and summary["eval_return_mean"] > 0
     assert summary["wall_seconds"] > 0 and summary["sps"] > 0
 
@@ -42,7 +43,8 @@ def test_train_writes_a_complete_run_directory(tmp_path):
 
     events = _events(run_dir / "tb")
     assert REQUIRED_TAGS <= set(events.Tags()["scalars"])
-    assert [e.step for e in events.Scalars("train/kl")] == [128, 256]
+    kl_steps = [e.step for e in events.Scalars("train/kl")]
+    assert kl_steps == sorted(set(kl_steps)) and kl_steps[-1] == summary["env_steps"]
     hparams = events.PluginTagToContent("hparams")
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= hparams.keys()
     assert b"algo.clip_eps" in hparams["_hparams_/session_start_info"]
@@ -101,7 +103,8 @@ def test_help_is_useful(tmp_path):
     assert top.returncode == 0 and "train" in top.stdout
     train_help = run_rlrun("train", "--help", cwd=tmp_path)
     assert train_help.returncode == 0
-    assert "algo: ppo_clip" in train_help.stdout and "env: CartPole-v1" in train_help.stdout
+    assert "algo: pg, pg_baseline, ppo_clip, ppo_kl" in train_help.stdout
+    assert "env: Acrobot-v1, CartPole-v1" in train_help.stdout
     assert "rlrun train -m seed=1,2,3" in train_help.stdout
 
 
