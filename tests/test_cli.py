@@ -113,3 +113,20 @@ def test_cfg_job_prints_the_config_without_training(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "lr: 0.01" in result.stdout and "num_envs: 16" in result.stdout
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize(
+    "algo, tags",
+    [
+        ("pg", {"train/grad_var", "train/kl", "train/policy_loss"}),
+        ("pg_baseline", {"train/grad_var", "train/kl", "train/value_loss", "train/explained_variance"}),
+        ("ppo_kl", {"train/kl", "train/kl_beta", "train/kl_penalty", "train/ratio_max", "train/ratio_min"}),
+        ("ppo_clip", {"train/kl", "train/clipfrac", "train/ratio_mean"}),
+    ],
+)
+def test_every_algorithm_runs_from_the_cli_and_logs_its_diagnostics(tmp_path, algo, tags):
+    run_dir = tmp_path / "run"
+    result = run_rlrun("train", f"algo={algo}", f"hydra.run.dir={run_dir}", "total_timesteps=256", "eval_episodes=1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["algo"] == algo
+    assert tags <= set(_events(run_dir / "tb").Tags()["scalars"])
