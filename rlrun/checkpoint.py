@@ -34,3 +34,10 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> Path:
     path = run_dir / SUMMARY_FILE
     _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(summary, indent=2) + "\n"))
     return path
+
+
+def record_failure(run_dir: Path, error: Exception) -> Path:
+    """Mark the run failed in summary.json, keeping whatever the summary already holds."""
+    path = run_dir / SUMMARY_FILE
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    return write_summary(run_dir, {**summary, "status": "failed", "error": str(error)})

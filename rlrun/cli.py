@@ -43,9 +43,9 @@ def _train_job(cfg: DictConfig) -> float:
     try:
         return train(cfg, HydraConfig.get().runtime.output_dir)
     except RLRunError as err:
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # Hydra marks this job failed and lets the sweep's other jobs finish
+            raise  # Hydra reports it, marks this job failed and runs the sweep's other jobs
+        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
         raise SystemExit(err.exit_code) from None
 
 
@@ -64,7 +64,12 @@ def train(ctx: typer.Context) -> None:
     `rlrun train --help` (config groups and every key).
     """
     sys.argv = [f"{sys.argv[0]} train", *ctx.args]
-    _train_job()
+    try:
+        _train_job()
+    except KeyboardInterrupt:
+        # The trainer has already saved its checkpoint and an "interrupted" summary.
+        Console(stderr=True).print("[bold yellow]interrupted[/]")
+        raise SystemExit(130) from None
 
 
 def main() -> None:

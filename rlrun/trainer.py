@@ -21,7 +21,7 @@ from torch.distributions import Distribution
 
 from rlrun.algos import algorithm_class
 from rlrun.algos.base import mean_kl
-from rlrun.checkpoint import save_checkpoint, write_summary
+from rlrun.checkpoint import record_failure, save_checkpoint, write_summary
 from rlrun.config import Config, to_object
 from rlrun.envs import make_vector_env, max_episode_steps
 from rlrun.policies import ActorCritic
@@ -35,12 +35,16 @@ EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes never replay training seeds
 
 def train(cfg: DictConfig, run_dir: str | Path) -> float:
     """Train as `cfg` says, write everything to `run_dir`; return the final evaluation return."""
-    config = to_object(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-    return Trainer(config, resolved, run_dir).run()
+    try:
+        config = to_object(cfg)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+        return Trainer(config, resolved, run_dir).run()
+    except Exception as err:
+        record_failure(run_dir, err)
+        raise
 
 
 class Trainer:

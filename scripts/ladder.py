@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ def sweep(env_id: str, seeds: str, sweep_dir: Path) -> str:
         "rlrun", "train", "-m", f"algo={','.join(ALGOS)}", f"seed={seeds}", f"env={env_id}",
         f"total_timesteps={BUDGETS[env_id]}", f"hydra.sweep.dir={sweep_dir}",
     ]
-    subprocess.run([shutil.which("rlrun") or sys.executable, *command[1:]], check=True)
+    subprocess.run([sys.executable, "-m", *command], check=True)  # this interpreter's rlrun
     return " ".join(command[:-1])
 
 

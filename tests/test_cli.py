@@ -130,3 +130,13 @@ def test_every_algorithm_runs_from_the_cli_and_logs_its_diagnostics(tmp_path, al
     assert result.returncode == 0, result.stderr
     assert json.loads((run_dir / "summary.json").read_text())["algo"] == algo
     assert tags <= set(_events(run_dir / "tb").Tags()["scalars"])
+
+
+def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_rlrun("train", "-m", "env.num_envs=0,2", f"hydra.sweep.dir={sweep_dir}", *TINY, cwd=tmp_path)
+    assert result.returncode != 0  # the sweep reports the failure...
+    assert "env.num_envs must be >= 1" in result.stderr and "Traceback" not in result.stderr
+    failed, completed = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name != ".hydra")
+    assert json.loads((failed / "summary.json").read_text())["status"] == "failed"
+    assert json.loads((completed / "summary.json").read_text())["status"] == "completed"  # ...and keeps the rest
