@@ -70,11 +70,14 @@ class OptimConfig:
 
     lr: float = 3e-4
     anneal_lr: bool = False  # linear decay to 0 over the run
-    max_grad_norm: float = 0.5
+    max_grad_norm: Optional[float] = 0.5  # clip the global gradient norm; null: never
 
     def __post_init__(self) -> None:
         _check(self.lr > 0, f"algo.lr must be > 0, got {self.lr}.")
-        _check(self.max_grad_norm > 0, f"algo.max_grad_norm must be > 0, got {self.max_grad_norm}.")
+        _check(
+            self.max_grad_norm is None or self.max_grad_norm > 0,
+            f"algo.max_grad_norm must be > 0 or null, got {self.max_grad_norm}.",
+        )
 
 
 @dataclass

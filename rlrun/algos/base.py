@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.distributions import kl_divergence
@@ -48,7 +50,8 @@ class Algorithm:
         """One clipped gradient step on `loss`; returns the gradient norm before clipping."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), self.config.max_grad_norm)
+        max_norm = self.config.max_grad_norm
+        grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), math.inf if max_norm is None else max_norm)
         self.optimizer.step()
         return grad_norm
 
