@@ -1,18 +1,25 @@
 """The `rlrun` command: a thin Typer front end that hands `train` overrides to Hydra.
 
 Training logic lives in `rlrun.trainer`; this module parses, dispatches and turns user errors
-(`RLRunError`) into one clean paragraph and a non-zero exit.
+(`RLRunError`) into one clean paragraph and an exit code: 2 for a configuration Hydra or
+rlrun refuses, 1 for a run that failed, 128 + signal for an interrupted one.
 """
 
 from __future__ import annotations
 
+import difflib
+import signal
 import sys
+import time
+from importlib.resources import files
+from pathlib import Path
+from typing import Optional
 
 import hydra
 import typer
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
 from rlrun.config import register_schemas
@@ -28,6 +35,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 register_schemas()
+stderr = Console(stderr=True)
+_job_started = False  # whether Hydra got as far as running a job
 
 
 @app.callback()
@@ -38,6 +47,8 @@ def _commands() -> None:
 @hydra.main(version_base="1.3", config_path="pkg://rlrun.configs", config_name="config")
 def _train_job(cfg: DictConfig) -> float:
     """One Hydra job: train in the job's run directory, return the final evaluation return."""
+    global _job_started
+    _job_started = True
     from rlrun.trainer import train  # torch loads only when something trains
 
     try:
@@ -45,8 +56,7 @@ def _train_job(cfg: DictConfig) -> float:
     except RLRunError as err:
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise  # Hydra reports it, marks this job failed and runs the sweep's other jobs
-        Console(stderr=True).print(f"[bold red]error:[/] {err}", highlight=False)
-        raise SystemExit(err.exit_code) from None
+        _exit_with(err)
 
 
 @app.command(
@@ -61,15 +71,107 @@ def train(ctx: typer.Context) -> None:
 
     Examples: `rlrun train`, `rlrun train algo=ppo_clip env=CartPole-v1 algo.lr=1e-3`,
     `rlrun train -m seed=1,2,3` (a sweep), `rlrun train --cfg job` (print the config),
-    `rlrun train --help` (config groups and every key).
+    `rlrun train resume=RUN_DIR` (continue an interrupted run), `rlrun train --help`.
     """
-    sys.argv = [f"{sys.argv[0]} train", *ctx.args]
+    try:
+        args = _resume_arguments(list(ctx.args))
+        _check_group_choices(args)
+    except RLRunError as err:
+        _exit_with(err)
+    sys.argv = [f"{sys.argv[0]} train", *args]
     try:
         _train_job()
-    except KeyboardInterrupt:
-        # The trainer has already saved its checkpoint and an "interrupted" summary.
-        Console(stderr=True).print("[bold yellow]interrupted[/]")
-        raise SystemExit(130) from None
+    except SystemExit as exit_:
+        if exit_.code == 1 and not _job_started:
+            raise SystemExit(2) from None  # Hydra refused the overrides or config; it said why
+        raise
+    except KeyboardInterrupt as err:
+        # The trainer has saved what it could and said so; exit like a killed process.
+        raise SystemExit(128 + getattr(err, "signum", signal.SIGINT)) from None
+
+
+@app.command("eval")
+def evaluate_command(
+    run_dir: Path = typer.Argument(..., help="A run directory (holds checkpoint.pt)."),
+    episodes: int = typer.Option(10, min=1, help="Episodes to play."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the first episode [default: the run's own evaluation seed]."),
+    video: Optional[Path] = typer.Option(None, help="Record every episode as MP4 into this directory (needs `pip install 'rlrun[video]'`)."),
+) -> None:
+    """Evaluate a trained run deterministically with the configuration it was trained with."""
+    from rlrun.evaluation import evaluate_run
+
+    try:
+        returns = evaluate_run(run_dir, episodes, seed, video)
+    except RLRunError as err:
+        _exit_with(err)
+    Console().print(
+        f"{run_dir}: return {returns.mean():.2f} ± {returns.std():.2f} over {returns.size} episodes "
+        f"(min {returns.min():.2f}, max {returns.max():.2f})",
+        highlight=False, soft_wrap=True,
+    )
+    if video is not None:
+        Console().print(f"videos: {', '.join(sorted(str(p) for p in video.glob('*.mp4')))}", soft_wrap=True)
+
+
+def _exit_with(err: RLRunError) -> None:
+    stderr.print(f"[bold red]error:[/] {err}", highlight=False)
+    raise SystemExit(err.exit_code)
+
+
+def _resume_arguments(args: list[str]) -> list[str]:
+    """`resume=DIR [total_timesteps=N]` -> the run's own overrides, continuing in DIR.
+
+    Hydra then composes exactly the saved configuration (the trainer checks it against the
+    checkpoint), writes into DIR, and keeps its record of this invocation in
+    DIR/.hydra/resume-<time> so the original .hydra/ stays as it was.
+    """
+    resume = [arg for arg in args if arg.startswith("resume=")]
+    if not resume:
+        return args
+    run_dir = Path(resume[-1].removeprefix("resume=")).resolve()
+    others = [arg for arg in args if not arg.startswith("resume=")]
+    if any(not arg.startswith("total_timesteps=") for arg in others):
+        raise RLRunError(
+            "`rlrun train resume=RUN_DIR` continues a run with its saved configuration; the only "
+            f"other argument it takes is total_timesteps=N (to train longer), got: {' '.join(others)}."
+        )
+    overrides_file = run_dir / ".hydra" / "overrides.yaml"
+    if not overrides_file.is_file():
+        raise RLRunError(f"Cannot resume {run_dir}: it is not an rlrun run directory (no {overrides_file}).")
+    saved = [o for o in OmegaConf.load(overrides_file) if not (others and o.startswith("total_timesteps="))]
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    return [
+        *saved, *others, f"resume={_quoted(run_dir)}", f"hydra.run.dir={_quoted(run_dir)}",
+        f"hydra.output_subdir=.hydra/resume-{stamp}",
+    ]
+
+
+def _quoted(path: Path) -> str:
+    """A path as a quoted Hydra override value (run directories contain '=' and ',')."""
+    return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _check_group_choices(args: list[str]) -> None:
+    """Refuse unknown `algo=`/`env=` choices (sweeps included) with the close matches."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    candidates = [arg for arg in args if "=" in arg and not arg.startswith("-")]
+    try:
+        overrides = OverridesParser.create().parse_overrides(candidates)
+    except Exception:
+        return  # not parseable: Hydra will say why
+    for override in overrides:
+        group = override.key_or_group
+        if group not in ("algo", "env") or override.package is not None:
+            continue
+        options = sorted(p.name.removesuffix(".yaml") for p in files("rlrun.configs").joinpath(group).iterdir() if p.name.endswith(".yaml"))
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [str(override.value())]
+        for value in values:
+            if value not in options:
+                close = difflib.get_close_matches(value, options, n=3)
+                hint = f" Did you mean {' or '.join(close)}?" if close else ""
+                extra = " Any Gymnasium id can also be given as env.id=<id>." if group == "env" else ""
+                raise RLRunError(f"Unknown {group} {value!r}.{hint} Available: {', '.join(options)}.{extra}")
 
 
 def main() -> None:

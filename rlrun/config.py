@@ -200,13 +200,19 @@ class Config:
     total_timesteps: int = 100_000
     eval_episodes: int = 10  # deterministic episodes per evaluation
     eval_interval: int = 0  # env steps between evaluations during training; 0: only at the end
+    checkpoint_interval: int = 50  # updates between checkpoints; 0: only at the end
     torch_threads: int = 1  # small MLPs run fastest on one thread
+    resume: Optional[str] = None  # a run directory to continue (set by `rlrun train resume=DIR`)
 
     def __post_init__(self) -> None:
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}.")
         _check(self.total_timesteps >= 1, f"total_timesteps must be >= 1, got {self.total_timesteps}.")
         _check(self.eval_episodes >= 0, f"eval_episodes must be >= 0, got {self.eval_episodes}.")
         _check(self.eval_interval >= 0, f"eval_interval must be >= 0, got {self.eval_interval}.")
+        _check(
+            self.checkpoint_interval >= 0,
+            f"checkpoint_interval must be >= 0, got {self.checkpoint_interval}.",
+        )
         _check(self.torch_threads >= 1, f"torch_threads must be >= 1, got {self.torch_threads}.")
         if isinstance(self.algo, PGBaselineConfig) and self.algo.baseline == Baseline.mean:
             _check(
@@ -245,3 +251,14 @@ def to_object(cfg: DictConfig) -> Config:
         raise RLRunError(f"Invalid configuration: {err}") from None
     assert isinstance(config, Config)
     return config
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"algo": {"lr": 1e-3}} -> {"algo.lr": 1e-3}."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat

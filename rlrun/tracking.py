@@ -10,14 +10,18 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
+from rlrun.config import flatten
+
 TENSORBOARD_SUBDIR = "tb"
 
 
 class RunTracker:
     """One TensorBoard event directory (`<run_dir>/tb`) and the terminal progress bar."""
 
-    def __init__(self, run_dir: Path, total_steps: int, console: Console):
-        self.writer = SummaryWriter(str(run_dir / TENSORBOARD_SUBDIR))
+    def __init__(self, run_dir: Path, total_steps: int, console: Console, start_step: int = 0):
+        # A resumed run appends to the same event directory; purge_step hides anything an
+        # earlier process logged after the checkpoint it resumes from.
+        self.writer = SummaryWriter(str(run_dir / TENSORBOARD_SUBDIR), purge_step=start_step + 1 if start_step else None)
         self.progress = Progress(
             BarColumn(bar_width=24),
             TextColumn("{task.completed:>9,}/{task.total:,} steps"),
@@ -26,7 +30,7 @@ class RunTracker:
             console=console,
             transient=False,
         )
-        self.task = self.progress.add_task("train", total=total_steps, sps=0.0, ret=float("nan"), kl=0.0)
+        self.task = self.progress.add_task("train", total=total_steps, completed=start_step, sps=0.0, ret=float("nan"), kl=0.0)
 
     def __enter__(self) -> RunTracker:
         self.progress.start()
@@ -34,7 +38,7 @@ class RunTracker:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.progress.stop()
-        self.writer.close()
+        self.writer.close()  # flushes
 
     def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
         for key, value in values.items():
@@ -49,21 +53,8 @@ class RunTracker:
         Written into this run's own event directory (torch's `add_hparams` would start a
         sub-run), so a sweep's runs line up one row each.
         """
-        experiment, session_start, session_end = hparams(_flatten(config), metrics)
+        values = {key: v if isinstance(v, (bool, int, float, str)) else str(v) for key, v in flatten(config).items()}
+        experiment, session_start, session_end = hparams(values, metrics)
         for summary in (experiment, session_start, session_end):
             self.writer.file_writer.add_summary(summary)
         self.writer.flush()
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{"algo": {"lr": 1e-3}} -> {"algo.lr": 1e-3}; lists and None become strings."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        elif isinstance(value, (bool, int, float, str)):
-            flat[name] = value
-        else:
-            flat[name] = str(value)
-    return flat

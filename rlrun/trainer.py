@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import pickle
 import time
 from collections import deque
 from pathlib import Path
@@ -21,16 +22,19 @@ from torch.distributions import Distribution
 
 from rlrun.algos import algorithm_class
 from rlrun.algos.base import mean_kl
-from rlrun.checkpoint import record_failure, save_checkpoint, write_summary
-from rlrun.config import Config, to_object
+from rlrun.checkpoint import load_checkpoint, record_failure, save_checkpoint, write_summary
+from rlrun.config import Config, flatten, to_object
 from rlrun.envs import make_vector_env, max_episode_steps
+from rlrun.errors import RLRunError
+from rlrun.evaluation import EVAL_SEED_OFFSET, evaluate
+from rlrun.lifecycle import RunInterrupted, StopSignals, TrainingDiverged, non_finite
 from rlrun.policies import ActorCritic
 from rlrun.rollout import Rollout
 from rlrun.tracking import TENSORBOARD_SUBDIR, RunTracker
 
 log = logging.getLogger(__name__)
 
-EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes never replay training seeds
+RESUMABLE_CHANGES = {"resume", "total_timesteps"}  # what a resumed run may change
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> float:
@@ -40,11 +44,30 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     try:
         config = to_object(cfg)
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-        return Trainer(config, resolved, run_dir).run()
+        checkpoint = _checkpoint_to_resume(config, resolved)
+        if checkpoint is None:
+            (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+        trainer = Trainer(config, resolved, run_dir)
+        if checkpoint is not None:
+            trainer.load_state_dict(checkpoint)
+        return trainer.run()
     except Exception as err:
         record_failure(run_dir, err)
         raise
+
+
+def _checkpoint_to_resume(config: Config, resolved: dict[str, Any]) -> dict[str, Any] | None:
+    if config.resume is None:
+        return None
+    checkpoint = load_checkpoint(Path(config.resume))
+    saved, now = flatten(checkpoint["config"]), flatten(resolved)
+    changed = sorted(key for key in saved.keys() | now.keys() if saved.get(key) != now.get(key) and key not in RESUMABLE_CHANGES)
+    if changed:
+        raise RLRunError(
+            f"Cannot resume {config.resume}: a resumed run continues its saved configuration "
+            f"and may only change total_timesteps, but these differ: {', '.join(changed)}."
+        )
+    return checkpoint
 
 
 class Trainer:
@@ -73,48 +96,96 @@ class Trainer:
         )
         self.start_episodes(seed=config.seed)
         self.global_step = 0  # real transitions collected (reset steps do not count)
+        self.updates = 0
+        self.wall_seconds = 0.0  # of earlier processes, when resumed
+        self.next_eval_step = config.eval_interval
         self.recent_returns: deque[float] = deque(maxlen=20)
+        self.checkpoint_step: int | None = None  # env step of the newest checkpoint on disk
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly where the run is now."""
+        return {
+            "config": self.resolved_config,
+            "global_step": self.global_step,
+            "updates": self.updates,
+            "wall_seconds": self.wall_seconds,
+            "next_eval_step": self.next_eval_step,
+            "recent_returns": list(self.recent_returns),
+            "policy": self.policy.state_dict(),
+            "algo": self.algo.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            # The environments mid-episode, when they pickle (pure-Python ones do).
+            "envs": _pickled_or_none(self.envs),
+            "collector": {"obs": self.obs, "prev_dones": self.prev_dones, "collecting": self.collecting},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.global_step, self.updates = state["global_step"], state["updates"]
+        self.wall_seconds, self.next_eval_step = state["wall_seconds"], state["next_eval_step"]
+        self.recent_returns.extend(state["recent_returns"])
+        self.policy.load_state_dict(state["policy"])
+        self.algo.load_state_dict(state["algo"])
+        torch.set_rng_state(state["torch_rng"])
+        self.checkpoint_step = self.global_step
+        if state["envs"] is not None:
+            self.envs.close()
+            self.envs = pickle.loads(state["envs"])
+            for name, value in state["collector"].items():
+                setattr(self, name, value)
+        else:  # not exact: fresh episodes, seeded from the step count
+            self.start_episodes(seed=self.config.seed + self.global_step)
+        log.info("resumed from env step %d (update %d)", self.global_step, self.updates)
 
     def run(self) -> float:
         config = self.config
-        start = time.perf_counter()
+        start_step, start_time = self.global_step, time.perf_counter()
         status, eval_returns = "failed", np.array([])
-        next_eval_step = config.eval_interval
-        log.info("training %s on %s for %d env steps", self.algo.name, config.env.id, config.total_timesteps)
-        with RunTracker(self.run_dir, config.total_timesteps, self.console) as tracker:
+        log.info("training %s on %s to %d env steps", self.algo.name, config.env.id, config.total_timesteps)
+        with RunTracker(self.run_dir, config.total_timesteps, self.console, start_step) as tracker, StopSignals() as signals:
             try:
-                while self.global_step < config.total_timesteps:
-                    progress = self.global_step / config.total_timesteps
-                    lr = config.algo.lr * (1 - progress if config.algo.anneal_lr else 1)
-                    self.algo.set_learning_rate(lr)
-                    episode_returns, episode_lengths = self.collect()
-                    stats = self.update()
-                    stats["learning_rate"] = lr
-                    sps = self.global_step / (time.perf_counter() - start)
-                    tracker.scalars("train", stats, self.global_step)
-                    tracker.scalars("perf", {"sps": sps}, self.global_step)
-                    if episode_returns:
-                        tracker.scalars("rollout", {
-                            "episodic_return": float(np.mean(episode_returns)),
-                            "episodic_length": float(np.mean(episode_lengths)),
-                        }, self.global_step)
-                    recent = float(np.mean(self.recent_returns)) if self.recent_returns else math.nan
-                    tracker.advance(self.global_step, sps, recent, stats["kl"])
-                    if config.eval_interval and self.global_step >= next_eval_step:
-                        self.evaluate_and_log(tracker)
-                        next_eval_step += config.eval_interval
-                eval_returns = self.evaluate_and_log(tracker)
-                status = "completed"
-            except KeyboardInterrupt:
+                while self.global_step < config.total_timesteps and signals.received is None:
+                    self.train_one_update(tracker, start_step, start_time)
+                if signals.received is None:
+                    eval_returns = self.evaluate_and_log(tracker)
+                status = "completed" if signals.received is None else "interrupted"
+                self.save(time.perf_counter() - start_time)
+            except KeyboardInterrupt:  # a second Ctrl-C: keep the last checkpoint as it is
                 status = "interrupted"
                 raise
             finally:
-                wall_seconds = time.perf_counter() - start
-                summary = self.finish(status, eval_returns, wall_seconds)
+                summary = self.finish(status, eval_returns, time.perf_counter() - start_time)
                 if status == "completed":
                     tracker.hparams(self.resolved_config, {"eval/episodic_return": summary["eval_return_mean"]})
+        if signals.received is not None:
+            self.console.print(f"[bold yellow]interrupted[/]: checkpoint and summary saved in {self.run_dir}")
+            raise RunInterrupted(signals.received)
         self.report(summary)
         return summary["eval_return_mean"]
+
+    def train_one_update(self, tracker: RunTracker, start_step: int, start_time: float) -> None:
+        config = self.config
+        lr = config.algo.lr * (1 - self.global_step / config.total_timesteps if config.algo.anneal_lr else 1)
+        self.algo.set_learning_rate(lr)
+        episode_returns, episode_lengths = self.collect()
+        stats = self.update()
+        self.updates += 1
+        self.check_finite(stats)
+        stats["learning_rate"] = lr
+        sps = (self.global_step - start_step) / (time.perf_counter() - start_time)
+        tracker.scalars("train", stats, self.global_step)
+        tracker.scalars("perf", {"sps": sps}, self.global_step)
+        if episode_returns:
+            tracker.scalars("rollout", {
+                "episodic_return": float(np.mean(episode_returns)),
+                "episodic_length": float(np.mean(episode_lengths)),
+            }, self.global_step)
+        recent = float(np.mean(self.recent_returns)) if self.recent_returns else math.nan
+        tracker.advance(self.global_step, sps, recent, stats["kl"])
+        if config.eval_interval and self.global_step >= self.next_eval_step:
+            self.evaluate_and_log(tracker)
+            self.next_eval_step += config.eval_interval
+        if config.checkpoint_interval and self.updates % config.checkpoint_interval == 0:
+            self.save(time.perf_counter() - start_time)
 
     def start_episodes(self, seed: int | None = None) -> None:
         obs, _ = self.envs.reset(seed=seed)
@@ -131,7 +202,7 @@ class Trainer:
         """
         rollout, policy = self.rollout, self.policy
         whole_episodes = self.algo.whole_episodes
-        if whole_episodes and self.global_step > 0:
+        if whole_episodes and not self.collecting.all():  # the last batch used them up
             self.start_episodes()
         episode_returns: list[float] = []
         episode_lengths: list[float] = []
@@ -178,48 +249,42 @@ class Trainer:
         return stats
 
     def evaluate_and_log(self, tracker: RunTracker) -> np.ndarray:
-        returns = self.evaluate()
-        if returns.size:
-            tracker.scalars("eval", {"episodic_return": float(returns.mean())}, self.global_step)
-            log.info("step %d: eval return %.1f +- %.1f", self.global_step, returns.mean(), returns.std())
+        if self.config.eval_episodes == 0:
+            return np.array([])
+        returns = evaluate(self.policy, self.config.env, self.config.eval_episodes, self.config.seed + EVAL_SEED_OFFSET)
+        tracker.scalars("eval", {"episodic_return": float(returns.mean())}, self.global_step)
+        log.info("step %d: eval return %.1f +- %.1f", self.global_step, returns.mean(), returns.std())
         return returns
 
-    def evaluate(self) -> np.ndarray:
-        """Returns of `eval_episodes` deterministic episodes (the distribution's mode)."""
-        episodes = self.config.eval_episodes
-        if episodes == 0:
-            return np.array([])
-        envs = make_vector_env(self.config.env, num_envs=episodes)
-        try:
-            obs, _ = envs.reset(seed=self.config.seed + EVAL_SEED_OFFSET)
-            returns = np.zeros(episodes)
-            finished = np.zeros(episodes, dtype=bool)
-            while not finished.all():
-                with torch.inference_mode():
-                    dist_params = self.policy.actor(torch.as_tensor(obs, dtype=torch.float32))
-                    actions = self.policy.distribution(dist_params).mode
-                obs, rewards, terminated, truncated, _ = envs.step(actions.numpy())
-                returns += np.where(finished, 0.0, rewards)
-                finished |= terminated | truncated
-            return returns
-        finally:
-            envs.close()
+    def check_finite(self, stats: dict[str, float]) -> None:
+        bad = non_finite(self.policy, stats)
+        if bad:
+            kept = (
+                f"the last good checkpoint (env step {self.checkpoint_step}) is kept"
+                if self.checkpoint_step is not None else "no checkpoint had been written yet"
+            )
+            raise TrainingDiverged(
+                f"Training diverged at update {self.updates} (env step {self.global_step}): non-finite "
+                f"{', '.join(bad[:5])}; {kept}. A smaller algo.lr or algo.max_grad_norm usually helps."
+            )
 
-    def finish(self, status: str, eval_returns: np.ndarray, wall_seconds: float) -> dict[str, Any]:
-        """Write the checkpoint and summary.json; close the environments."""
+    def save(self, session_seconds: float) -> None:
+        """Checkpoint the current state, unless it is not finite (keep the last good one)."""
+        if not non_finite(self.policy, {}):
+            save_checkpoint(self.run_dir, {**self.state_dict(), "wall_seconds": self.wall_seconds + session_seconds})
+            self.checkpoint_step = self.global_step
+
+    def finish(self, status: str, eval_returns: np.ndarray, session_seconds: float) -> dict[str, Any]:
+        """Write summary.json and close the environments."""
         self.envs.close()
-        save_checkpoint(self.run_dir, {
-            "policy": self.policy.state_dict(),
-            "optimizer": self.algo.optimizer.state_dict(),
-            "config": self.resolved_config,
-            "global_step": self.global_step,
-        })
+        wall_seconds = self.wall_seconds + session_seconds
         summary = {
             "status": status,
             "algo": self.algo.name,
             "env": self.config.env.id,
             "seed": self.config.seed,
             "env_steps": self.global_step,
+            "updates": self.updates,
             "wall_seconds": round(wall_seconds, 3),
             "sps": round(self.global_step / wall_seconds, 1) if wall_seconds > 0 else 0.0,
             "eval_episodes": int(eval_returns.size),
@@ -239,6 +304,13 @@ class Trainer:
             f"run dir {self.run_dir} | tensorboard --logdir {self.run_dir / TENSORBOARD_SUBDIR}",
             highlight=False, soft_wrap=True,
         )
+
+
+def _pickled_or_none(envs: Any) -> bytes | None:
+    try:
+        return pickle.dumps(envs)
+    except Exception:  # subprocess or C-extension environments do not pickle
+        return None
 
 
 def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:

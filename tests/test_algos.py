@@ -34,3 +34,22 @@ def test_ppo_clip_equals_the_surrogate_inside_the_range():
     advantages = torch.tensor([2.0, -1.0, 0.5])
     loss, _ = algo.policy_loss(ratio, advantages, None, None)
     assert torch.isclose(loss, -(ratio * advantages).mean())
+
+
+def test_target_kl_stops_the_epochs_early():
+    from rlrun.rollout import Batch
+
+    def update(target_kl):
+        policy = _policy()
+        torch.manual_seed(1)
+        obs = torch.randn(64, 3)
+        with torch.no_grad():
+            dist_params = policy.actor(obs)
+            actions = policy.distribution(dist_params).sample()
+            log_probs = policy.distribution(dist_params).log_prob(actions)
+        advantages = torch.randn(64)
+        batch = Batch(obs, actions, log_probs, dist_params, torch.zeros(64), torch.zeros(64, dtype=torch.bool), advantages, advantages)
+        return PPOClip(PPOClipConfig(epochs=8, lr=1e-2, target_kl=target_kl), policy).update(batch)
+
+    assert update(None)["epochs"] == 8
+    assert update(1e-9)["epochs"] == 1  # the first epoch already moved the policy past it

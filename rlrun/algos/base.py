@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -41,6 +42,13 @@ class Algorithm:
 
     def update(self, batch: Batch) -> dict[str, float]:
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint must hold to continue this algorithm exactly."""
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
 
     def set_learning_rate(self, lr: float) -> None:
         for group in self.optimizer.param_groups:

@@ -119,6 +119,13 @@ class PPOKL(PPO):
         super().__init__(config, policy)
         self.kl_beta = config.beta_init
 
+    def state_dict(self):
+        return {**super().state_dict(), "kl_beta": self.kl_beta}
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        self.kl_beta = state["kl_beta"]
+
     def policy_loss(self, ratio, advantages, dist, minibatch):
         kl = kl_divergence(self.policy.distribution(minibatch.old_dist_params), dist).mean()
         surrogate = (ratio * advantages).mean()

@@ -1,0 +1,65 @@
+"""Deterministic evaluation: the policy's most likely action, fresh seeded episodes."""
+
+from __future__ import annotations
+
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rlrun.checkpoint import load_checkpoint
+from rlrun.config import EnvConfig, PolicyConfig
+from rlrun.envs import make_vector_env, optional_dependencies
+from rlrun.policies import ActorCritic
+
+EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes never replay training seeds
+
+
+def evaluate(policy: ActorCritic, env_config: EnvConfig, episodes: int, seed: int, video_dir: Path | None = None) -> np.ndarray:
+    """Returns of `episodes` complete episodes played with the mode of pi(.|s).
+
+    Runs them in parallel, one per env; with `video_dir`, one after another in a single
+    recorded env (Gymnasium's RecordVideo, one MP4 per episode).
+    """
+    num_envs = 1 if video_dir else episodes
+    envs = make_vector_env(env_config, num_envs=num_envs, video_dir=video_dir)
+    # env n plays quota[n] episodes; every episode counts, so no length bias
+    quota = np.full(num_envs, episodes // num_envs) + (np.arange(num_envs) < episodes % num_envs)
+    finished = np.zeros(num_envs, dtype=int)
+    running = np.zeros(num_envs)
+    returns: list[float] = []
+    with closing(envs), optional_dependencies(env_config.id, video=video_dir is not None):
+        obs, _ = envs.reset(seed=seed)
+        prev_dones = np.zeros(num_envs, dtype=bool)
+        while (finished < quota).any():
+            with torch.inference_mode():
+                dist_params = policy.actor(torch.as_tensor(obs, dtype=torch.float32))
+                actions = policy.distribution(dist_params).mode
+            obs, rewards, terminated, truncated, _ = envs.step(actions.numpy())
+            counting = (finished < quota) & ~prev_dones  # skip NEXT_STEP reset steps
+            running += np.where(counting, rewards, 0.0)
+            prev_dones = terminated | truncated
+            for n in np.flatnonzero(prev_dones & counting):
+                returns.append(running[n])
+                running[n] = 0.0
+                finished[n] += 1
+    return np.array(returns)
+
+
+def evaluate_run(run_dir: Path, episodes: int, seed: int | None = None, video_dir: Path | None = None) -> np.ndarray:
+    """Evaluate the newest checkpoint of `run_dir` with the configuration it was trained with.
+
+    The default seed is the one the run's own final evaluation used, so the numbers agree.
+    """
+    state = load_checkpoint(run_dir)
+    saved = state["config"]
+    env_config = EnvConfig(**saved["env"])
+    envs = make_vector_env(env_config, num_envs=1)
+    try:
+        with_critic = any(key.startswith("critic.") for key in state["policy"])
+        policy = ActorCritic(envs.single_observation_space, envs.single_action_space, PolicyConfig(**saved["policy"]), with_critic)
+    finally:
+        envs.close()
+    policy.load_state_dict(state["policy"])
+    return evaluate(policy, env_config, episodes, saved["seed"] + EVAL_SEED_OFFSET if seed is None else seed, video_dir)
