@@ -8,6 +8,7 @@ rlrun refuses, 1 for a run that failed, 128 + signal for an interrupted one.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import signal
 import sys
 import time
@@ -21,6 +22,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.markup import escape
 
 from rlrun.config import register_schemas
 from rlrun.errors import RLRunError
@@ -85,6 +87,8 @@ def train(ctx: typer.Context) -> None:
         if exit_.code == 1 and not _job_started:
             raise SystemExit(2) from None  # Hydra refused the overrides or config; it said why
         raise
+    except ValueError as err:  # Hydra's check of its own flags, e.g. -m with --cfg
+        _exit_with(RLRunError(str(err)))
     except KeyboardInterrupt as err:
         # The trainer has saved what it could and said so; exit like a killed process.
         raise SystemExit(128 + getattr(err, "signum", signal.SIGINT)) from None
@@ -113,8 +117,64 @@ def evaluate_command(
         Console().print(f"videos: {', '.join(sorted(str(p) for p in video.glob('*.mp4')))}", soft_wrap=True)
 
 
+@app.command()
+def plot(
+    sweep_dir: Path = typer.Argument(..., help="A sweep (or any) directory holding runs."),
+    group_by: str = typer.Option("algo", help="Config key whose value names a curve: algo, env, algo.lr, ..."),
+    x: str = typer.Option("steps", help="x axis: steps or seconds."),
+    output: Path = typer.Option(Path("curves.png"), "-o", "--output", help="PNG file to write."),
+) -> None:
+    """Plot mean training return and a 95% bootstrap band across the runs of each group."""
+    from rlrun import analysis
+
+    try:
+        if x not in ("steps", "seconds"):
+            raise RLRunError(f"--x must be steps or seconds, got {x!r}.")
+        groups = analysis.group_runs(analysis.find_runs(sweep_dir), group_by)
+        notes = analysis.plot_curves(groups, x, output, title=f"{sweep_dir.name} by {group_by}")
+    except RLRunError as err:
+        _exit_with(err)
+    except ImportError as err:
+        _exit_with(RLRunError(f"Plotting needs matplotlib ({err}): pip install 'rlrun[plot]'."))
+    for note in notes:
+        stderr.print(f"note: {escape(note)}", highlight=False)
+    Console().print(f"wrote {output} ({len(groups)} groups)", highlight=False)
+
+
+@app.command()
+def summary(
+    sweep_dir: Path = typer.Argument(..., help="A sweep (or any) directory holding runs."),
+    group_by: str = typer.Option("algo", help="Config key to group runs by."),
+    threshold: Optional[float] = typer.Option(None, help="Return to reach [default: the environment's Gymnasium reward threshold]."),
+) -> None:
+    """A table per group: final evaluation return (mean, std, IQM over runs), steps and seconds
+    to reach a return threshold (median over the runs that reached it), failed and running runs."""
+    from rich.table import Table
+
+    from rlrun import analysis
+
+    try:
+        runs = analysis.find_runs(sweep_dir)
+        groups = analysis.group_runs(runs, group_by)
+    except RLRunError as err:
+        _exit_with(err)
+    threshold = analysis.default_threshold(runs) if threshold is None else threshold
+    table = Table(title=f"{sweep_dir} by {group_by}" + (f", threshold {threshold:g}" if threshold is not None else ""))
+    for column in ("group", "runs", "final return", "IQM", "reached", "steps to threshold", "s to threshold", "failed", "running"):
+        table.add_column(column, justify="left" if column in ("group", "failed") else "right")
+    number = lambda value, spec: "-" if value is None else format(value, spec)  # noqa: E731
+    for row in analysis.summary_rows(groups, threshold):
+        final = "-" if row["final_mean"] is None else f"{row['final_mean']:.1f} ± {row['final_std']:.1f} (n={row['completed']})"
+        table.add_row(
+            row["group"], str(row["runs"]), final, number(row["final_iqm"], ".1f"),
+            f"{row['reached']}/{row['runs']}", number(row["steps_to_threshold"], ",.0f"),
+            number(row["seconds_to_threshold"], ".1f"), ", ".join(row["failed"]) or "-", str(row["running"]),
+        )
+    Console(width=200).print(table)
+
+
 def _exit_with(err: RLRunError) -> None:
-    stderr.print(f"[bold red]error:[/] {err}", highlight=False)
+    stderr.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
     raise SystemExit(err.exit_code)
 
 
@@ -151,8 +211,27 @@ def _quoted(path: Path) -> str:
     return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
+# Plugin configs rlrun documents -> (module that provides them, rlrun extra that installs it).
+PLUGINS = {
+    ("hydra/launcher", "joblib"): ("hydra_plugins.hydra_joblib_launcher", "joblib"),
+    ("hydra/launcher", "submitit_local"): ("hydra_plugins.hydra_submitit_launcher", "submitit"),
+    ("hydra/launcher", "submitit_slurm"): ("hydra_plugins.hydra_submitit_launcher", "submitit"),
+    ("hydra/launcher", "slurm"): ("hydra_plugins.hydra_submitit_launcher", "submitit"),
+    ("hydra/launcher", "ray"): ("hydra_plugins.hydra_ray_launcher", "ray"),
+    ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
+}
+CHECKED_GROUPS = ("algo", "env", "hparams_search")
+
+
+def _check_plugin(group: str, value: str) -> None:
+    module, extra = PLUGINS.get((group, value), PLUGINS[("hydra/sweeper", "optuna")] if group == "hparams_search" else (None, None))
+    if module is not None and importlib.util.find_spec(module) is None:
+        raise RLRunError(f"{group}={value} needs a Hydra plugin that is not installed: pip install 'rlrun[{extra}]'.")
+
+
 def _check_group_choices(args: list[str]) -> None:
-    """Refuse unknown `algo=`/`env=` choices (sweeps included) with the close matches."""
+    """Refuse unknown `algo=`/`env=` choices (sweeps included) with the close matches, and
+    launchers or sweepers whose plugin is missing with the pip command that installs it."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     candidates = [arg for arg in args if "=" in arg and not arg.startswith("-")]
@@ -162,10 +241,14 @@ def _check_group_choices(args: list[str]) -> None:
         return  # not parseable: Hydra will say why
     for override in overrides:
         group = override.key_or_group
-        if group not in ("algo", "env") or override.package is not None:
+        if override.package is not None or override.is_delete():
+            continue
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [str(override.value())]
+        for value in values:
+            _check_plugin(group, value)
+        if group not in CHECKED_GROUPS:
             continue
         options = sorted(p.name.removesuffix(".yaml") for p in files("rlrun.configs").joinpath(group).iterdir() if p.name.endswith(".yaml"))
-        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [str(override.value())]
         for value in values:
             if value not in options:
                 close = difflib.get_close_matches(value, options, n=3)

@@ -35,6 +35,7 @@ from rlrun.tracking import TENSORBOARD_SUBDIR, RunTracker
 log = logging.getLogger(__name__)
 
 RESUMABLE_CHANGES = {"resume", "total_timesteps"}  # what a resumed run may change
+RECENT_EPISODES = 20  # rollout/recent_return averages the last this many training episodes
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> float:
@@ -99,7 +100,7 @@ class Trainer:
         self.updates = 0
         self.wall_seconds = 0.0  # of earlier processes, when resumed
         self.next_eval_step = config.eval_interval
-        self.recent_returns: deque[float] = deque(maxlen=20)
+        self.recent_returns: deque[float] = deque(maxlen=RECENT_EPISODES)
         self.checkpoint_step: int | None = None  # env step of the newest checkpoint on disk
 
     def state_dict(self) -> dict[str, Any]:
@@ -180,6 +181,8 @@ class Trainer:
                 "episodic_length": float(np.mean(episode_lengths)),
             }, self.global_step)
         recent = float(np.mean(self.recent_returns)) if self.recent_returns else math.nan
+        if self.recent_returns:
+            tracker.scalars("rollout", {"recent_return": recent}, self.global_step)
         tracker.advance(self.global_step, sps, recent, stats["kl"])
         if config.eval_interval and self.global_step >= self.next_eval_step:
             self.evaluate_and_log(tracker)

@@ -4,8 +4,8 @@ Acrobot-v1, each a real `rlrun train -m` sweep. Writes a table into docs/benchma
     python scripts/ladder.py                       # seeds 1,2,3; about 15 min on 2 cores
     python scripts/ladder.py --seeds 1 --envs CartPole-v1
 
-"Steps to threshold" is the first env step at which the mean return of the training episodes
-that finished in one rollout reaches the environment's Gymnasium reward threshold
+"Steps to threshold" is the first env step at which the mean return of the last 20 training
+episodes (`rollout/recent_return`) reaches the environment's Gymnasium reward threshold
 (CartPole-v1 475, Acrobot-v1 -100); "final eval" is the mean return of 10 deterministic
 episodes at the end (mean and standard deviation across seeds).
 """
@@ -42,7 +42,7 @@ def sweep(env_id: str, seeds: str, sweep_dir: Path) -> str:
 def steps_to_threshold(run_dir: Path, threshold: float) -> int | None:
     events = EventAccumulator(str(run_dir / "tb"))
     events.Reload()
-    for event in events.Scalars("rollout/episodic_return"):
+    for event in events.Scalars("rollout/recent_return"):
         if event.value >= threshold:
             return event.step
     return None

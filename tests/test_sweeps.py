@@ -1,0 +1,166 @@
+"""Sweeps through Hydra's own launchers and sweepers, and reading them back."""
+
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+from PIL import Image
+
+from conftest import TINY, run_rlrun
+
+SWEEP = ["-m", "algo=ppo_clip,ppo_kl", "seed=1,2", *TINY]
+
+
+def _runs(sweep_dir):
+    return sorted(p for p in sweep_dir.iterdir() if (p / ".hydra").is_dir())
+
+
+def _assert_complete_runs(sweep_dir, count):
+    runs = _runs(sweep_dir)
+    assert len(runs) == count
+    for run in runs:
+        assert json.loads((run / "summary.json").read_text())["status"] == "completed"
+        assert (run / ".hydra" / "config.yaml").is_file() and list((run / "tb").glob("events.out.tfevents.*"))
+    return runs
+
+
+@pytest.fixture(scope="module")
+def sweep_dir(tmp_path_factory):
+    """A basic-launcher sweep of 2 algorithms x 2 seeds, shared by the readers' tests."""
+    root = tmp_path_factory.mktemp("sweep")
+    result = run_rlrun("train", *SWEEP, "total_timesteps=1024", f"hydra.sweep.dir={root / 'sweep'}", cwd=root)
+    assert result.returncode == 0, result.stderr
+    _assert_complete_runs(root / "sweep", 4)
+    return root / "sweep"
+
+
+def test_joblib_launcher_runs_jobs_in_parallel_processes(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_rlrun("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=1,2", *TINY, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    _assert_complete_runs(sweep_dir, 2)
+
+
+def test_joblib_sweep_keeps_the_other_results_when_a_job_fails(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_rlrun("train", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "algo.lr=1e30,1e-3", *TINY, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    statuses = {run.name.split(",")[0]: json.loads((run / "summary.json").read_text())["status"] for run in _runs(sweep_dir)}
+    assert statuses == {"0_algo.lr=1e+30": "failed", "1_algo.lr=0.001": "completed"}
+
+
+def test_submitit_local_launcher_runs_a_real_job(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_rlrun("train", "-m", "hydra/launcher=submitit_local", "seed=1", *TINY, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    _assert_complete_runs(sweep_dir, 1)
+    assert (sweep_dir / ".submitit").is_dir()
+
+
+def test_slurm_sample_config_composes_into_submitit(tmp_path):
+    result = run_rlrun("train", "hydra/launcher=slurm", "--cfg", "hydra", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    launcher = OmegaConf.create(result.stdout).hydra.launcher
+    assert launcher._target_.endswith("submitit_launcher.SlurmLauncher") and launcher.cpus_per_task == 2
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None, reason="needs pip install 'rlrun[ray]'")
+def test_ray_launcher_on_a_local_ray_instance(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_rlrun("train", "-m", "hydra/launcher=ray", "seed=1,2", *TINY, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stderr
+    _assert_complete_runs(sweep_dir, 2)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is not None, reason="the ray extra is installed")
+def test_a_missing_launcher_plugin_names_its_extra(tmp_path):
+    result = run_rlrun("train", "-m", "hydra/launcher=ray", "seed=1,2", cwd=tmp_path)
+    assert result.returncode == 2 and "pip install 'rlrun[ray]'" in " ".join(result.stderr.split())
+
+
+def test_optuna_search_maximises_the_final_evaluation_return(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_rlrun("train", "-m", "hparams_search=ppo_clip_cartpole", "hydra.sweeper.n_trials=3", *TINY, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    runs = _assert_complete_runs(sweep_dir, 3)
+    best = OmegaConf.load(sweep_dir / "optimization_results.yaml")
+    returns = [json.loads((run / "summary.json").read_text())["eval_return_mean"] for run in runs]
+    assert best.best_value == max(returns)
+    assert set(best.best_params) == {"algo.lr", "algo.clip_eps", "algo.epochs", "algo.gae_lambda"}
+
+
+def test_plot_writes_a_png_of_the_expected_size(sweep_dir, tmp_path):
+    for x in ("steps", "seconds"):
+        output = tmp_path / f"curves_{x}.png"
+        result = run_rlrun("plot", str(sweep_dir), "--group-by", "algo", "--x", x, "-o", str(output), cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        with Image.open(output) as image:
+            assert image.format == "PNG" and image.size == (1200, 750)
+
+
+def test_summary_tabulates_each_group(sweep_dir, tmp_path):
+    result = run_rlrun("summary", str(sweep_dir), "--threshold", "20", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 5}
+    assert set(lines) == {"ppo_clip", "ppo_kl"}
+    for algo, line in lines.items():
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        finals = [json.loads((run / "summary.json").read_text())["eval_return_mean"] for run in _runs(sweep_dir) if f"algo={algo}," in run.name]
+        assert cells[1] == "2" and cells[2].startswith(f"{sum(finals) / 2:.1f} ± ") and cells[2].endswith("(n=2)")
+        assert cells[4] == "2/2"  # every run's recent return passed 20
+
+
+def test_readers_cope_with_runs_in_progress_and_missing_data(sweep_dir, tmp_path):
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    runs = _runs(sweep_dir)
+    for run in runs[:2]:  # one whole run, one that has not written events or a summary yet
+        subprocess.run(["cp", "-r", str(run), str(partial)], check=True)
+    (partial / runs[1].name / "summary.json").unlink()
+    subprocess.run(["rm", "-r", str(partial / runs[1].name / "tb")], check=True)
+    summary = run_rlrun("summary", str(partial), cwd=tmp_path)
+    assert summary.returncode == 0, summary.stderr
+    assert "│       1 │" in summary.stdout  # one running
+    plot = run_rlrun("plot", str(partial), "-o", str(tmp_path / "p.png"), cwd=tmp_path)
+    assert plot.returncode == 0 and "no rollout/episodic_return yet" in plot.stderr
+    empty = run_rlrun("summary", str(tmp_path / "nothing_here"), cwd=tmp_path)
+    assert empty.returncode == 2 and "Traceback" not in empty.stderr
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_tensorboard_server_lists_the_sweeps_runs_and_tags(sweep_dir):
+    port = _free_port()
+    tensorboard = Path(sys.executable).with_name("tensorboard")
+    server = subprocess.Popen([str(tensorboard), "--logdir", str(sweep_dir), "--host", "127.0.0.1", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        expected = {f"{run.name}/tb" for run in _runs(sweep_dir)}
+        deadline = time.time() + 90
+        while True:
+            try:
+                runs = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=5))
+                if set(runs) >= expected:
+                    break
+            except OSError:
+                pass
+            assert time.time() < deadline, "TensorBoard did not list the runs"
+            time.sleep(0.5)
+        tags = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/data/plugin/scalars/tags", timeout=10))
+        for run in expected:
+            assert {"rollout/episodic_return", "train/kl", "eval/episodic_return"} <= set(tags[run])
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
