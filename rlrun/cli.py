@@ -253,7 +253,7 @@ def _check_group_choices(args: list[str]) -> None:
             if value not in options:
                 close = difflib.get_close_matches(value, options, n=3)
                 hint = f" Did you mean {' or '.join(close)}?" if close else ""
-                extra = " Any Gymnasium id can also be given as env.id=<id>." if group == "env" else ""
+                extra = " Any registered Gymnasium id runs with generic defaults as env=generic env.id=<id>." if group == "env" else ""
                 raise RLRunError(f"Unknown {group} {value!r}.{hint} Available: {', '.join(options)}.{extra}")
 
 

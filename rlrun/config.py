@@ -30,11 +30,14 @@ def _check(condition: bool, message: str) -> None:
 class EnvConfig:
     """A Gymnasium environment, stepped as a vector of `num_envs` copies."""
 
-    id: str = MISSING
+    id: str = "${hydra:runtime.choices.env}"  # a yaml in configs/env/ is named after its id
     num_envs: int = 8
     # gymnasium.make_vec's vectorization_mode; null uses the env's own numpy-vectorised
     # implementation when it has one (CartPole does) and "sync" otherwise.
     vectorization: Optional[str] = None
+    # Gymnasium's running-statistics wrappers; their statistics are saved with checkpoints.
+    normalize_obs: bool = False
+    normalize_reward: bool = False  # scale rewards by the std of the discounted return
 
     def __post_init__(self) -> None:
         _check(self.num_envs >= 1, f"env.num_envs must be >= 1, got {self.num_envs}.")
@@ -52,6 +55,7 @@ class PolicyConfig:
 
     hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
     activation: str = "tanh"
+    log_std_init: float = 0.0  # continuous actions: initial log sigma of the Gaussian
 
     def __post_init__(self) -> None:
         _check(

@@ -8,21 +8,31 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import gymnasium as gym
 from gymnasium.vector import VectorEnv
 from gymnasium.wrappers import RecordVideo
-from gymnasium.wrappers.vector import RecordEpisodeStatistics
+from gymnasium.wrappers.utils import RunningMeanStd
+from gymnasium.wrappers.vector import NormalizeObservation, NormalizeReward, RecordEpisodeStatistics
 
 from rlrun.config import EnvConfig
 from rlrun.errors import RLRunError
 
+# Families of Gymnasium environments that need an extra, by their entry point's package.
+EXTRAS = {"gymnasium.envs.box2d": "box2d", "gymnasium.envs.mujoco": "mujoco"}
+# Environments whose whole state pickles faithfully (pure Python and numpy); others, such as
+# MuJoCo's (C state that pickles without error but not faithfully), restart episodes on resume.
+EXACTLY_RESTORABLE = ("gymnasium.envs.classic_control",)
 
-def make_vector_env(config: EnvConfig, num_envs: int | None = None, video_dir: Path | None = None) -> VectorEnv:
-    """`num_envs` copies of `config.id` (default `config.num_envs`) with episode statistics.
+
+def make_vector_env(config: EnvConfig, num_envs: int | None = None, video_dir: Path | None = None, obs_stats: RunningMeanStd | None = None) -> VectorEnv:
+    """`num_envs` copies of `config.id` (default `config.num_envs`) with episode statistics
+    of the raw rewards and, when configured, observation normalisation.
 
     Every Gymnasium vector env autoresets in NEXT_STEP mode here (the default, and the only
     mode the numpy-vectorised CartPole has); the trainer relies on it. With `video_dir`,
-    sync copies that render and record every episode to MP4 there.
+    sync copies that render and record every episode to MP4 there. With `obs_stats`, the
+    observation normaliser uses those statistics, frozen (for evaluation).
     """
     _check_registered(config.id)
     options: dict[str, Any] = {"vectorization_mode": config.vectorization}
@@ -33,29 +43,63 @@ def make_vector_env(config: EnvConfig, num_envs: int | None = None, video_dir: P
             "wrappers": [lambda env: RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, disable_logger=True)],
         }
     with optional_dependencies(config.id, video=video_dir is not None):
-        envs = gym.make_vec(config.id, num_envs=num_envs or config.num_envs, **options)
-    return RecordEpisodeStatistics(envs)
+        envs = RecordEpisodeStatistics(gym.make_vec(config.id, num_envs=num_envs or config.num_envs, **options))
+    if config.normalize_obs:
+        envs = NormalizeObservation(envs)
+        if obs_stats is not None:
+            envs.obs_rms, envs.update_running_mean = obs_stats, False
+    return envs
+
+
+def normalize_rewards(envs: VectorEnv, gamma: float) -> VectorEnv:
+    """Scale rewards by the running std of the discounted return (training only)."""
+    return NormalizeReward(envs, gamma=gamma)
+
+
+def normalizer_stats(envs: VectorEnv) -> dict[str, RunningMeanStd]:
+    """The running statistics of the normalisation wrappers in `envs`, by wrapper."""
+    stats = {}
+    while isinstance(envs, gym.vector.VectorWrapper):
+        if isinstance(envs, NormalizeObservation):
+            stats["obs"] = envs.obs_rms
+        if isinstance(envs, NormalizeReward):
+            stats["return"] = envs.return_rms
+        envs = envs.env
+    return stats
+
+
+def load_normalizer_stats(envs: VectorEnv, stats: dict[str, RunningMeanStd]) -> None:
+    while isinstance(envs, gym.vector.VectorWrapper):
+        if isinstance(envs, NormalizeObservation) and "obs" in stats:
+            envs.obs_rms = stats["obs"]
+        if isinstance(envs, NormalizeReward) and "return" in stats:
+            envs.return_rms = stats["return"]
+        envs = envs.env
+
+
+def snapshot(config: EnvConfig, envs: VectorEnv) -> bytes | None:
+    """The environments mid-episode, pickled, when that restores them exactly."""
+    if not _entry_module(config.id).startswith(EXACTLY_RESTORABLE) or config.vectorization == "async":
+        return None
+    return cloudpickle.dumps(envs)
 
 
 @contextmanager
 def optional_dependencies(env_id: str, video: bool = False) -> Iterator[None]:
-    """Turn Gymnasium's missing-dependency errors (at make, reset or render) into user errors."""
+    """Turn Gymnasium's missing-dependency errors (at make, reset or render) into user errors
+    that name the rlrun extra to install."""
     try:
         yield
     except gym.error.DependencyNotInstalled as err:
-        fix = "`pip install 'rlrun[video]'` installs what recording needs. " if video else ""
+        module = _entry_module(env_id)
+        extras = [extra for prefix, extra in EXTRAS.items() if module.startswith(prefix)] + (["video"] if video else [])
+        fix = f"Install it with: pip install 'rlrun[{','.join(extras)}]'. " if extras else ""
         raise RLRunError(f"{env_id} needs an optional dependency that is not installed. {fix}Gymnasium says: {err}") from None
 
 
-def _check_registered(env_id: str) -> None:
-    if env_id in gym.registry:
-        return
-    close = difflib.get_close_matches(env_id, gym.registry.keys(), n=5, cutoff=0.6)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    raise RLRunError(
-        f"Unknown Gymnasium environment {env_id!r}.{hint} Environments with a tuned config "
-        "are listed by `rlrun train --help` (group env)."
-    )
+def _entry_module(env_id: str) -> str:
+    entry_point = gym.spec(env_id).entry_point
+    return entry_point.split(":")[0] if isinstance(entry_point, str) else getattr(entry_point, "__module__", "")
 
 
 def max_episode_steps(config: EnvConfig) -> int:
@@ -67,3 +111,14 @@ def max_episode_steps(config: EnvConfig) -> int:
             "episodes and needs every episode to end."
         )
     return limit
+
+
+def _check_registered(env_id: str) -> None:
+    if env_id in gym.registry:
+        return
+    close = difflib.get_close_matches(env_id, gym.registry.keys(), n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    raise RLRunError(
+        f"Unknown Gymnasium environment {env_id!r}.{hint} Environments with a tuned config "
+        "are listed by `rlrun train --help` (group env)."
+    )

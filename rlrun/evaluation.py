@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from gymnasium.wrappers.utils import RunningMeanStd
 
 from rlrun.checkpoint import load_checkpoint
 from rlrun.config import EnvConfig, PolicyConfig
@@ -16,14 +17,18 @@ from rlrun.policies import ActorCritic
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes never replay training seeds
 
 
-def evaluate(policy: ActorCritic, env_config: EnvConfig, episodes: int, seed: int, video_dir: Path | None = None) -> np.ndarray:
+def evaluate(
+    policy: ActorCritic, env_config: EnvConfig, episodes: int, seed: int,
+    video_dir: Path | None = None, obs_stats: RunningMeanStd | None = None,
+) -> np.ndarray:
     """Returns of `episodes` complete episodes played with the mode of pi(.|s).
 
     Runs them in parallel, one per env; with `video_dir`, one after another in a single
-    recorded env (Gymnasium's RecordVideo, one MP4 per episode).
+    recorded env (Gymnasium's RecordVideo, one MP4 per episode). `obs_stats`: the training
+    run's observation-normalisation statistics, used frozen.
     """
     num_envs = 1 if video_dir else episodes
-    envs = make_vector_env(env_config, num_envs=num_envs, video_dir=video_dir)
+    envs = make_vector_env(env_config, num_envs=num_envs, video_dir=video_dir, obs_stats=obs_stats)
     # env n plays quota[n] episodes; every episode counts, so no length bias
     quota = np.full(num_envs, episodes // num_envs) + (np.arange(num_envs) < episodes % num_envs)
     finished = np.zeros(num_envs, dtype=int)
@@ -36,7 +41,7 @@ def evaluate(policy: ActorCritic, env_config: EnvConfig, episodes: int, seed: in
             with torch.inference_mode():
                 dist_params = policy.actor(torch.as_tensor(obs, dtype=torch.float32))
                 actions = policy.distribution(dist_params).mode
-            obs, rewards, terminated, truncated, _ = envs.step(actions.numpy())
+            obs, rewards, terminated, truncated, _ = envs.step(policy.head.to_env(actions))
             counting = (finished < quota) & ~prev_dones  # skip NEXT_STEP reset steps
             running += np.where(counting, rewards, 0.0)
             prev_dones = terminated | truncated
@@ -62,4 +67,5 @@ def evaluate_run(run_dir: Path, episodes: int, seed: int | None = None, video_di
     finally:
         envs.close()
     policy.load_state_dict(state["policy"])
-    return evaluate(policy, env_config, episodes, saved["seed"] + EVAL_SEED_OFFSET if seed is None else seed, video_dir)
+    seed = saved["seed"] + EVAL_SEED_OFFSET if seed is None else seed
+    return evaluate(policy, env_config, episodes, seed, video_dir, obs_stats=state["normalizers"].get("obs"))

@@ -5,9 +5,10 @@ from __future__ import annotations
 import math
 
 import gymnasium as gym
+import numpy as np
 import torch
 from torch import nn
-from torch.distributions import Categorical, Distribution
+from torch.distributions import Categorical, Distribution, Independent, Normal
 
 from rlrun.config import PolicyConfig
 from rlrun.errors import RLRunError
@@ -32,25 +33,75 @@ def _orthogonal(layer: nn.Linear, gain: float) -> nn.Linear:
 
 
 class CategoricalHead(nn.Module):
-    """Discrete actions: the actor outputs logits."""
+    """Discrete actions: the network's outputs are the logits."""
 
-    action_shape: tuple[int, ...] = ()
     action_dtype = torch.int64
 
     def __init__(self, space: gym.spaces.Discrete):
         super().__init__()
-        self.num_params = int(space.n)
+        self.num_outputs = self.num_params = int(space.n)
+        self.action_shape: tuple[int, ...] = ()
+
+    def forward(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits
 
     def distribution(self, params: torch.Tensor) -> Distribution:
         return Categorical(logits=params)
 
+    def to_env(self, actions: torch.Tensor) -> np.ndarray:
+        return actions.numpy()
 
-def make_head(space: gym.Space) -> CategoricalHead:
+
+class GaussianHead(nn.Module):
+    """Box actions: a diagonal Gaussian N(mu(s), diag(sigma^2)) with a learned log sigma that
+    does not depend on the state.
+
+    Actions are sampled unbounded and stored as sampled, so log-probabilities and ratios refer
+    to the distribution's own samples; only the copy sent to the environment is clipped to
+    the action bounds (as in the PPO reference implementations).
+    """
+
+    action_dtype = torch.float32
+
+    def __init__(self, space: gym.spaces.Box, log_std_init: float):
+        super().__init__()
+        size = int(np.prod(space.shape))
+        self.num_outputs, self.num_params = size, 2 * size
+        self.action_shape = (size,)
+        self.log_std = nn.Parameter(torch.full((size,), log_std_init))
+        self.register_buffer("low", torch.as_tensor(space.low, dtype=torch.float32).flatten())
+        self.register_buffer("high", torch.as_tensor(space.high, dtype=torch.float32).flatten())
+
+    def forward(self, mean: torch.Tensor) -> torch.Tensor:
+        """(mean, log_std) side by side: pi_old can be rebuilt exactly from stored params."""
+        return torch.cat([mean, self.log_std.expand_as(mean)], dim=-1)
+
+    def distribution(self, params: torch.Tensor) -> Distribution:
+        mean, log_std = params.chunk(2, dim=-1)
+        return Independent(Normal(mean, log_std.exp()), 1)
+
+    def to_env(self, actions: torch.Tensor) -> np.ndarray:
+        return actions.clamp(self.low, self.high).numpy()
+
+
+def make_head(space: gym.Space, config: PolicyConfig) -> CategoricalHead | GaussianHead:
     if isinstance(space, gym.spaces.Discrete):
         return CategoricalHead(space)
-    raise RLRunError(
-        f"Action space {space} is not supported yet: rlrun handles Discrete action spaces."
-    )
+    if isinstance(space, gym.spaces.Box) and np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high)):
+        return GaussianHead(space, config.log_std_init)
+    raise RLRunError(f"Action space {space} is not supported: rlrun handles Discrete and bounded Box actions.")
+
+
+class Actor(nn.Module):
+    """obs -> the parameters of pi(.|s) (`dist_params`)."""
+
+    def __init__(self, obs_dim: int, action_space: gym.Space, config: PolicyConfig):
+        super().__init__()
+        self.head = make_head(action_space, config)
+        self.body = mlp(obs_dim, config.hidden_sizes, self.head.num_outputs, config.activation, out_gain=0.01)
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(obs))
 
 
 class ActorCritic(nn.Module):
@@ -68,9 +119,12 @@ class ActorCritic(nn.Module):
                 "need flat Box observations."
             )
         obs_dim = observation_space.shape[0]
-        self.head = make_head(action_space)
-        self.actor = mlp(obs_dim, config.hidden_sizes, self.head.num_params, config.activation, out_gain=0.01)
+        self.actor = Actor(obs_dim, action_space, config)
         self.critic = mlp(obs_dim, config.hidden_sizes, 1, config.activation, out_gain=1.0) if with_critic else None
+
+    @property
+    def head(self) -> CategoricalHead | GaussianHead:
+        return self.actor.head
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(dist_params, values) for a batch of observations; values are 0 without a critic."""

@@ -24,7 +24,9 @@ from rlrun.algos import algorithm_class
 from rlrun.algos.base import mean_kl
 from rlrun.checkpoint import load_checkpoint, record_failure, save_checkpoint, write_summary
 from rlrun.config import Config, flatten, to_object
-from rlrun.envs import make_vector_env, max_episode_steps
+from rlrun.envs import (
+    load_normalizer_stats, make_vector_env, max_episode_steps, normalize_rewards, normalizer_stats, snapshot,
+)
 from rlrun.errors import RLRunError
 from rlrun.evaluation import EVAL_SEED_OFFSET, evaluate
 from rlrun.lifecycle import RunInterrupted, StopSignals, TrainingDiverged, non_finite
@@ -82,6 +84,8 @@ class Trainer:
         Distribution.set_default_validate_args(False)  # argument checks cost more than the math
 
         self.envs = make_vector_env(config.env)
+        if config.env.normalize_reward:
+            self.envs = normalize_rewards(self.envs, gamma=getattr(config.algo, "gamma", 1.0))
         algo_class = algorithm_class(config.algo)
         self.policy = ActorCritic(
             self.envs.single_observation_space, self.envs.single_action_space,
@@ -115,8 +119,9 @@ class Trainer:
             "policy": self.policy.state_dict(),
             "algo": self.algo.state_dict(),
             "torch_rng": torch.get_rng_state(),
-            # The environments mid-episode, when they pickle (pure-Python ones do).
-            "envs": _pickled_or_none(self.envs),
+            "normalizers": normalizer_stats(self.envs),
+            # The environments mid-episode, where pickling restores them exactly.
+            "envs": snapshot(self.config.env, self.envs),
             "collector": {"obs": self.obs, "prev_dones": self.prev_dones, "collecting": self.collecting},
         }
 
@@ -134,6 +139,7 @@ class Trainer:
             for name, value in state["collector"].items():
                 setattr(self, name, value)
         else:  # not exact: fresh episodes, seeded from the step count
+            load_normalizer_stats(self.envs, state["normalizers"])
             self.start_episodes(seed=self.config.seed + self.global_step)
         log.info("resumed from env step %d (update %d)", self.global_step, self.updates)
 
@@ -215,7 +221,7 @@ class Trainer:
                 dist = policy.distribution(dist_params)
                 actions = dist.sample()
                 log_probs = dist.log_prob(actions)
-            obs, rewards, terminated, truncated, info = self.envs.step(actions.numpy())
+            obs, rewards, terminated, truncated, info = self.envs.step(policy.head.to_env(actions))
             rollout.obs[t] = self.obs
             rollout.actions[t] = actions
             rollout.log_probs[t] = log_probs
@@ -254,7 +260,10 @@ class Trainer:
     def evaluate_and_log(self, tracker: RunTracker) -> np.ndarray:
         if self.config.eval_episodes == 0:
             return np.array([])
-        returns = evaluate(self.policy, self.config.env, self.config.eval_episodes, self.config.seed + EVAL_SEED_OFFSET)
+        returns = evaluate(
+            self.policy, self.config.env, self.config.eval_episodes, self.config.seed + EVAL_SEED_OFFSET,
+            obs_stats=normalizer_stats(self.envs).get("obs"),
+        )
         tracker.scalars("eval", {"episodic_return": float(returns.mean())}, self.global_step)
         log.info("step %d: eval return %.1f +- %.1f", self.global_step, returns.mean(), returns.std())
         return returns
@@ -307,13 +316,6 @@ class Trainer:
             f"run dir {self.run_dir} | tensorboard --logdir {self.run_dir / TENSORBOARD_SUBDIR}",
             highlight=False, soft_wrap=True,
         )
-
-
-def _pickled_or_none(envs: Any) -> bytes | None:
-    try:
-        return pickle.dumps(envs)
-    except Exception:  # subprocess or C-extension environments do not pickle
-        return None
 
 
 def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:

@@ -25,7 +25,7 @@ def _bandit_policy():
     torch.manual_seed(0)
     policy = ActorCritic(gym.spaces.Box(-1, 1, (1,)), gym.spaces.Discrete(3), PolicyConfig(hidden_sizes=[]))
     with torch.no_grad():
-        policy.actor[0].bias.copy_(torch.tensor([0.3, -0.2, 0.1]))
+        policy.actor.body[0].bias.copy_(torch.tensor([0.3, -0.2, 0.1]))
     return policy
 
 

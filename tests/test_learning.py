@@ -42,3 +42,15 @@ def test_vanilla_pg_clearly_beats_random(tmp_path):
 @pytest.mark.parametrize("algo", ["ppo_clip", "ppo_kl"])
 def test_ppo_solves_cartpole_across_seeds(tmp_path, algo, seed):
     assert _train(tmp_path, f"algo={algo}", f"seed={seed}")["eval_return_mean"] >= 475
+
+
+def test_ppo_clip_improves_clearly_on_pendulum(tmp_path):
+    """Continuous control: random play scores about -1250 per episode on Pendulum-v1."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    summary = _train(tmp_path, "env=Pendulum-v1", "seed=1", "total_timesteps=40000", "algo.num_minibatches=16")
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    recent = [event.value for event in events.Scalars("rollout/recent_return")]
+    assert recent[-1] >= recent[0] + 300
+    assert summary["eval_return_mean"] >= -800

@@ -1,0 +1,116 @@
+"""Every environment config with every algorithm family; continuous actions; normalisation;
+missing extras."""
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.distributions import Normal
+
+from conftest import compose_config, run_rlrun
+from rlrun.checkpoint import load_checkpoint
+from rlrun.config import PolicyConfig, to_object
+from rlrun.envs import normalizer_stats
+from rlrun.policies import ActorCritic, GaussianHead
+from rlrun.trainer import Trainer, train
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+ENVS = sorted(p.stem for p in (CONFIGS / "env").glob("*.yaml") if p.stem != "generic")
+ALGOS = ["pg", "pg_baseline", "ppo_kl", "ppo_clip"]
+SMALL = {  # a few hundred steps, whatever the env's or the tuned preset's sizes
+    "pg": ["env.num_envs=1"],
+    "pg_baseline": ["env.num_envs=2"],
+    "ppo_kl": ["env.num_envs=2", "algo.rollout_steps=64", "algo.num_minibatches=2"],
+    "ppo_clip": ["env.num_envs=2", "algo.rollout_steps=64", "algo.num_minibatches=2"],
+}
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("env", ENVS)
+def test_every_env_runs_with_every_algorithm(tmp_path, env, algo):
+    cfg = compose_config(f"algo={algo}", f"env={env}", f"env.id={env}", "total_timesteps=200", "eval_episodes=1", *SMALL[algo])
+    assert np.isfinite(train(cfg, tmp_path))
+    checkpoint = load_checkpoint(tmp_path)
+    assert checkpoint["global_step"] >= 200
+
+
+def test_gaussian_head_matches_torch_distributions():
+    space = gym.spaces.Box(-2.0, 2.0, (2,))
+    head = GaussianHead(space, log_std_init=-0.5)
+    mean = torch.tensor([[0.3, -1.0]])
+    dist = head.distribution(head(mean))
+    reference = Normal(mean, torch.full_like(mean, np.exp(-0.5)))
+    action = torch.tensor([[1.5, 0.2]])
+    assert torch.allclose(dist.log_prob(action), reference.log_prob(action).sum(-1))
+    assert torch.allclose(dist.entropy(), reference.entropy().sum(-1))
+    # by hand: log N(x; mu, s) = -(x - mu)^2 / (2 s^2) - log s - log(2 pi) / 2
+    s = np.exp(-0.5)
+    by_hand = sum(-((x - m) ** 2) / (2 * s * s) - np.log(s) - 0.5 * np.log(2 * np.pi) for x, m in [(1.5, 0.3), (0.2, -1.0)])
+    assert dist.log_prob(action).item() == pytest.approx(by_hand, rel=1e-5)
+    assert torch.equal(dist.mode, mean)
+
+
+def test_clipping_for_the_env_leaves_stored_actions_and_log_probs_alone(tmp_path):
+    cfg = compose_config("env=Pendulum-v1", "env.id=Pendulum-v1", "policy.log_std_init=1.5", "env.num_envs=2", "algo.rollout_steps=64")
+    trainer = Trainer(to_object(cfg), {}, tmp_path)
+    trainer.collect()
+    rollout, policy = trainer.rollout, trainer.policy
+    assert (rollout.actions.abs() > 2.0).any()  # sigma = e^1.5: many samples leave [-2, 2]
+    assert (np.abs(policy.head.to_env(rollout.actions)) <= 2.0).all()
+    with torch.no_grad():
+        recomputed = policy.distribution(rollout.dist_params).log_prob(rollout.actions)
+    assert torch.allclose(recomputed, rollout.log_probs, atol=1e-5)
+
+
+def test_normalisation_statistics_survive_a_checkpoint_and_reach_evaluation(tmp_path):
+    cfg = compose_config("env=Pendulum-v1", "env.id=Pendulum-v1", "algo.rollout_steps=256", "total_timesteps=2048", "eval_episodes=2")
+    config = to_object(cfg)
+    trainer = Trainer(config, OmegaConf.to_container(cfg, resolve=True), tmp_path)
+    trainer.run()
+    live = normalizer_stats(trainer.envs)
+    saved = load_checkpoint(tmp_path)["normalizers"]
+    assert set(saved) == {"obs", "return"}
+    for name in ("obs", "return"):
+        assert saved[name].count == live[name].count > 2000
+        assert np.allclose(saved[name].mean, live[name].mean) and np.allclose(saved[name].var, live[name].var)
+    assert not np.allclose(saved["obs"].mean, 0)
+    # `rlrun eval` rebuilds the policy and normaliser from the checkpoint: same numbers as the run's own evaluation
+    result = run_rlrun("eval", str(tmp_path), "--episodes", "2", "--seed", str(config.seed + 1_000_000), cwd=tmp_path)
+    summary_return = json.loads((tmp_path / "summary.json").read_text())["eval_return_mean"]
+    assert result.returncode == 0 and f"return {summary_return:.2f}" in result.stdout
+
+
+@pytest.mark.parametrize("env, module, extra", [("Hopper-v5", "mujoco", "mujoco"), ("LunarLander-v3", "Box2D", "box2d")])
+def test_a_missing_extra_names_the_install_command(tmp_path, env, module, extra):
+    shadow = tmp_path / "shadow" / module
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ImportError('not installed (shadowed by the test)')\n")
+    result = run_rlrun("train", f"env={env}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env={"PYTHONPATH": str(tmp_path / "shadow")})
+    output = " ".join(result.stderr.split())
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"pip install 'rlrun[{extra}]'" in output
+
+
+def test_unknown_environments_get_close_matches(tmp_path):
+    result = run_rlrun("train", "env=generic", "env.id=Hoper-v5", cwd=tmp_path)
+    assert result.returncode == 2 and "Did you mean: Hopper-v5" in " ".join(result.stderr.split())
+    result = run_rlrun("train", "env=MountainCar-v0", cwd=tmp_path)
+    assert result.returncode == 2 and "env=generic env.id=<id>" in " ".join(result.stderr.split())
+
+
+def test_any_gymnasium_id_runs_with_generic_defaults(tmp_path):
+    result = run_rlrun("train", "env=generic", "env.id=MountainCar-v0", "total_timesteps=512", "eval_episodes=1", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "MountainCar-v0" in result.stdout
+
+
+def test_tuned_presets_apply_to_their_pair_only():
+    hopper = to_object(compose_config("env=Hopper-v5", "env.id=Hopper-v5"))
+    assert (hopper.algo.rollout_steps, hopper.algo.num_minibatches, hopper.total_timesteps) == (2048, 32, 1_000_000)
+    assert hopper.env.normalize_obs and hopper.env.num_envs == 1
+    kl = to_object(compose_config("algo=ppo_kl", "env=Hopper-v5", "env.id=Hopper-v5"))
+    assert kl.algo.rollout_steps == 32  # no ppo_kl preset for Hopper: the algorithm's own defaults
