@@ -90,8 +90,10 @@ def group_runs(runs: list[Run], key: str) -> dict[str, list[Run]]:
 
 
 def on_grid(curves: list[tuple[np.ndarray, np.ndarray]], points: int = 200) -> tuple[np.ndarray, np.ndarray]:
-    """Curves interpolated on one x grid, (runs, points); NaN beyond where a run has data."""
-    x_max = max(x[-1] for x, _ in curves)
+    """Curves interpolated on one x grid, (runs, points), up to where the shortest run ends,
+    so every point of a group's mean and band stands on all its runs; NaN before a run's
+    first logged point."""
+    x_max = min(x[-1] for x, _ in curves)
     grid = np.linspace(0, x_max, points)
     values = np.full((len(curves), points), np.nan)
     for row, (x, y) in zip(values, curves):

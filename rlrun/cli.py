@@ -88,6 +88,8 @@ def train(ctx: typer.Context) -> None:
             raise SystemExit(2) from None  # Hydra refused the overrides or config; it said why
         raise
     except ValueError as err:  # Hydra's check of its own flags, e.g. -m with --cfg
+        if _job_started:
+            raise
         _exit_with(RLRunError(str(err)))
     except KeyboardInterrupt as err:
         # The trainer has saved what it could and said so; exit like a killed process.
@@ -241,9 +243,15 @@ def _check_group_choices(args: list[str]) -> None:
         return  # not parseable: Hydra will say why
     for override in overrides:
         group = override.key_or_group
-        if override.package is not None or override.is_delete():
+        if group not in CHECKED_GROUPS + ("hydra/launcher", "hydra/sweeper") or override.package is not None or override.is_delete():
             continue
-        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [str(override.value())]
+        try:
+            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        except Exception:
+            continue  # interval(), glob() and the like: Hydra or the sweeper expands them
+        if None in values:
+            raise RLRunError(f"{group}=null is not an option; to drop a group from the defaults write ~{group}.")
+        values = [str(value) for value in values]
         for value in values:
             _check_plugin(group, value)
         if group not in CHECKED_GROUPS:

@@ -183,6 +183,11 @@ class PPOKLConfig(PPOConfig):
         super().__post_init__()
         _check(self.kl_target > 0, f"algo.kl_target must be > 0, got {self.kl_target}.")
         _check(self.beta_init >= 0, f"algo.beta_init must be >= 0, got {self.beta_init}.")
+        _check(
+            not (self.adaptive and self.beta_init == 0),
+            "algo.beta_init=0 with algo.adaptive=true would stay 0 (beta only halves or doubles); "
+            "give a positive beta_init or set algo.adaptive=false.",
+        )
 
 
 ALGO_CONFIGS: dict[str, type] = {

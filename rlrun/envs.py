@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import difflib
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,13 +44,28 @@ def make_vector_env(config: EnvConfig, num_envs: int | None = None, video_dir: P
             "render_mode": "rgb_array",
             "wrappers": [lambda env: RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, disable_logger=True)],
         }
-    with optional_dependencies(config.id, video=video_dir is not None):
+    with optional_dependencies(config.id, video=video_dir is not None), _workers_ignore_signals(config.vectorization == "async"):
         envs = RecordEpisodeStatistics(gym.make_vec(config.id, num_envs=num_envs or config.num_envs, **options))
     if config.normalize_obs:
         envs = NormalizeObservation(envs)
         if obs_stats is not None:
             envs.obs_rms, envs.update_running_mean = obs_stats, False
     return envs
+
+
+@contextmanager
+def _workers_ignore_signals(active: bool) -> Iterator[None]:
+    """Subprocess workers started here inherit ignored SIGINT/SIGTERM: a Ctrl-C meant for the
+    trainer's graceful stop must not kill the environments under it."""
+    if not active or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def normalize_rewards(envs: VectorEnv, gamma: float) -> VectorEnv:

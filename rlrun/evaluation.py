@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import closing
 from pathlib import Path
 
+import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium.wrappers.utils import RunningMeanStd
@@ -12,9 +13,11 @@ from gymnasium.wrappers.utils import RunningMeanStd
 from rlrun.checkpoint import load_checkpoint
 from rlrun.config import EnvConfig, PolicyConfig
 from rlrun.envs import make_vector_env, optional_dependencies
+from rlrun.errors import RLRunError
 from rlrun.policies import ActorCritic
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes never replay training seeds
+UNLIMITED_EPISODE_STEPS = 100_000  # evaluation gives up on an episode this long without a time limit
 
 
 def evaluate(
@@ -37,7 +40,9 @@ def evaluate(
     with closing(envs), optional_dependencies(env_config.id, video=video_dir is not None):
         obs, _ = envs.reset(seed=seed)
         prev_dones = np.zeros(num_envs, dtype=bool)
-        while (finished < quota).any():
+        for _ in range(int(quota.max()) * (_episode_step_limit(env_config.id) + 1)):
+            if (finished == quota).all():
+                break
             with torch.inference_mode():
                 dist_params = policy.actor(torch.as_tensor(obs, dtype=torch.float32))
                 actions = policy.distribution(dist_params).mode
@@ -49,7 +54,16 @@ def evaluate(
                 returns.append(running[n])
                 running[n] = 0.0
                 finished[n] += 1
+        if (finished < quota).any():
+            raise RLRunError(
+                f"Evaluation episodes of {env_config.id} did not end within {_episode_step_limit(env_config.id):,} "
+                "steps; the environment has no time limit that ends them."
+            )
     return np.array(returns)
+
+
+def _episode_step_limit(env_id: str) -> int:
+    return gym.spec(env_id).max_episode_steps or UNLIMITED_EPISODE_STEPS
 
 
 def evaluate_run(run_dir: Path, episodes: int, seed: int | None = None, video_dir: Path | None = None) -> np.ndarray:

@@ -28,9 +28,11 @@ class Batch:
         return Batch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
 
     def minibatches(self, num_minibatches: int) -> Iterator[Batch]:
-        """A random partition into `num_minibatches` near-equal parts (torch's global RNG)."""
-        for index in torch.randperm(len(self)).chunk(num_minibatches):
-            yield self[index]
+        """A random partition into `num_minibatches` near-equal parts (torch's global RNG);
+        fewer when the batch has fewer samples than that."""
+        for index in torch.randperm(len(self)).tensor_split(num_minibatches):
+            if len(index):
+                yield self[index]
 
 
 class Rollout:

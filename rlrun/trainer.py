@@ -44,10 +44,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
     """Train as `cfg` says, write everything to `run_dir`; return the final evaluation return."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # Outside the try: a refused resume leaves the run it names exactly as it was.
+    checkpoint = _checkpoint_to_resume(cfg) if cfg.get("resume") else None
     try:
         config = to_object(cfg)
         resolved = OmegaConf.to_container(cfg, resolve=True)
-        checkpoint = _checkpoint_to_resume(config, resolved)
         if checkpoint is None:
             (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
         trainer = Trainer(config, resolved, run_dir)
@@ -59,11 +60,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
         raise
 
 
-def _checkpoint_to_resume(config: Config, resolved: dict[str, Any]) -> dict[str, Any] | None:
-    if config.resume is None:
-        return None
+def _checkpoint_to_resume(cfg: DictConfig) -> dict[str, Any]:
+    config = to_object(cfg)
     checkpoint = load_checkpoint(Path(config.resume))
-    saved, now = flatten(checkpoint["config"]), flatten(resolved)
+    saved, now = flatten(checkpoint["config"]), flatten(OmegaConf.to_container(cfg, resolve=True))
     changed = sorted(key for key in saved.keys() | now.keys() if saved.get(key) != now.get(key) and key not in RESUMABLE_CHANGES)
     if changed:
         raise RLRunError(
@@ -192,7 +192,7 @@ class Trainer:
         tracker.advance(self.global_step, sps, recent, stats["kl"])
         if config.eval_interval and self.global_step >= self.next_eval_step:
             self.evaluate_and_log(tracker)
-            self.next_eval_step += config.eval_interval
+            self.next_eval_step = (self.global_step // config.eval_interval + 1) * config.eval_interval
         if config.checkpoint_interval and self.updates % config.checkpoint_interval == 0:
             self.save(time.perf_counter() - start_time)
 

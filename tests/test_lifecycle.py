@@ -83,6 +83,25 @@ def test_resume_refuses_a_changed_configuration(tmp_path):
     assert _summary(run_dir)["env_steps"] >= 1024
 
 
+def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path):
+    run_dir = tmp_path / "run"
+    assert run_rlrun("train", f"hydra.run.dir={run_dir}", "total_timesteps=512", cwd=tmp_path).returncode == 0
+    before = (run_dir / "summary.json").read_text()
+    overrides = run_dir / ".hydra" / "overrides.yaml"
+    overrides.write_text(overrides.read_text() + "- algo.clip_eps=0.3\n")  # the saved config no longer matches
+    result = run_rlrun("train", f"resume={run_dir}", cwd=tmp_path)
+    assert result.returncode == 2 and "these differ: algo.clip_eps" in " ".join(result.stderr.split())
+    assert (run_dir / "summary.json").read_text() == before
+
+
+def test_ctrl_c_with_subprocess_environments_still_stops_gracefully(tmp_path):
+    run_dir = tmp_path / "run"
+    process = _start(run_dir, "env.vectorization=async", "env.num_envs=2")
+    assert _interrupt_after_first_checkpoint(process, run_dir, signal.SIGINT) == 130
+    assert _summary(run_dir)["status"] == "interrupted"
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["global_step"] == _summary(run_dir)["env_steps"]
+
+
 def test_eval_reproduces_the_runs_own_evaluation(tmp_path):
     run_dir = tmp_path / "run"
     assert run_rlrun("train", f"hydra.run.dir={run_dir}", "total_timesteps=2048", cwd=tmp_path).returncode == 0

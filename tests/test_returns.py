@@ -115,3 +115,12 @@ def test_returns_are_independent_per_env():
     for fn in (reward_to_go, episode_returns):
         assert torch.equal(fn(*both, 0.9)[:, 0], fn(rewards, dones, 0.9)[:, 0])
         assert torch.equal(fn(*both, 0.9)[:, 1:], fn(rewards.flip(0), dones.roll(1, 0), 0.9))
+
+
+def test_leave_one_out_baseline_counts_each_episode_once():
+    from rlrun.algos.pg import leave_one_out_mean
+
+    # three whole episodes (one per column) of lengths 1, 2, 4 and returns R = 1, 2, 4
+    valid = torch.tensor([[1, 1, 1], [0, 1, 1], [0, 0, 1], [0, 0, 1]], dtype=torch.bool)
+    returns = torch.tensor([1.0, 2.0, 4.0]).expand(4, 3) * valid
+    assert leave_one_out_mean(returns, valid).tolist() == approx([3.0, 2.5, 1.5])

@@ -9,6 +9,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 from PIL import Image
@@ -95,6 +96,22 @@ def test_optuna_search_maximises_the_final_evaluation_return(tmp_path):
     returns = [json.loads((run / "summary.json").read_text())["eval_return_mean"] for run in runs]
     assert best.best_value == max(returns)
     assert set(best.best_params) == {"algo.lr", "algo.clip_eps", "algo.epochs", "algo.gae_lambda"}
+
+
+def test_optuna_search_space_from_the_command_line(tmp_path):
+    sweep_dir = tmp_path / "sweep"
+    result = run_rlrun("train", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "algo.lr=interval(1e-4,1e-3)", *TINY, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    _assert_complete_runs(sweep_dir, 2)
+
+
+def test_group_curves_stop_where_the_shortest_run_ends():
+    from rlrun.analysis import bootstrap_ci, on_grid
+
+    grid, values = on_grid([(np.array([0.0, 10.0]), np.array([0.0, 10.0])), (np.array([0.0, 4.0]), np.array([4.0, 0.0]))], points=5)
+    assert grid.tolist() == [0, 1, 2, 3, 4]
+    mean, low, high = bootstrap_ci(values)
+    assert mean.tolist() == [2.0] * 5 and (low <= mean).all() and (high >= mean).all()
 
 
 def test_plot_writes_a_png_of_the_expected_size(sweep_dir, tmp_path):

@@ -81,8 +81,9 @@ def score_function_variance(policy: ActorCritic, batch: Batch, advantages: torch
     """Total variance of the per-sample policy-gradient terms A_t * grad log pi(a_t|s_t).
 
     The sum over actor parameters of each coordinate's variance across samples (on at most
-    `max_samples` random samples of the batch). The batch gradient is a mean of these terms,
-    so its variance scales with this number: a good baseline makes it smaller.
+    `max_samples` random samples of the batch). The batch gradient is a sum of these terms
+    (over the number of episodes); ignoring the covariance between steps of one episode, its
+    variance scales with this number: a good baseline makes it smaller.
     """
     index = torch.randperm(len(batch))[:max_samples]
     params = {name: p.detach() for name, p in policy.actor.named_parameters()}

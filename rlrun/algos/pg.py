@@ -101,10 +101,11 @@ class PGBaseline(PG):
 def leave_one_out_mean(returns: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """b = E[R(tau)] estimated, for each episode, from the batch's *other* episodes, (N,).
 
-    In whole-episode rollouts column n is one episode. Leaving it out keeps b independent
-    of the actions it is subtracted from, so the estimate stays unbiased; a plain batch mean
-    would shrink the expected gradient by a factor (1 - 1/N).
+    In whole-episode rollouts column n is one episode; its value is the episode's mean return
+    per step (R(tau) itself when every step carries R(tau); the mean reward-to-go with
+    `reward_to_go`). Each episode counts once whatever its length, and leaving episode n out
+    keeps b independent of the actions it is subtracted from, so the estimate stays
+    unbiased; a plain batch mean would shrink the expected gradient by a factor (1 - 1/N).
     """
-    masked = returns * valid
-    sums, counts = masked.sum(0), valid.sum(0)
-    return (sums.sum() - sums) / (counts.sum() - counts)
+    per_episode = (returns * valid).sum(0) / valid.sum(0)
+    return (per_episode.sum() - per_episode) / (per_episode.numel() - 1)
