@@ -210,6 +210,8 @@ class Config:
     eval_episodes: int = 10  # deterministic episodes per evaluation
     eval_interval: int = 0  # env steps between evaluations during training; 0: only at the end
     checkpoint_interval: int = 50  # updates between checkpoints; 0: only at the end
+    # Stop early once the mean return of the last 20 training episodes reaches this.
+    target_return: Optional[float] = None
     torch_threads: int = 1  # small MLPs run fastest on one thread
     resume: Optional[str] = None  # a run directory to continue (set by `rlrun train resume=DIR`)
 

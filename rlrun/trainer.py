@@ -150,7 +150,7 @@ class Trainer:
         log.info("training %s on %s to %d env steps", self.algo.name, config.env.id, config.total_timesteps)
         with RunTracker(self.run_dir, config.total_timesteps, self.console, start_step) as tracker, StopSignals() as signals:
             try:
-                while self.global_step < config.total_timesteps and signals.received is None:
+                while self.global_step < config.total_timesteps and signals.received is None and not self.target_reached():
                     self.train_one_update(tracker, start_step, start_time)
                 if signals.received is None:
                     eval_returns = self.evaluate_and_log(tracker)
@@ -168,6 +168,10 @@ class Trainer:
             raise RunInterrupted(signals.received)
         self.report(summary)
         return summary["eval_return_mean"]
+
+    def target_reached(self) -> bool:
+        target = self.config.target_return
+        return target is not None and len(self.recent_returns) == RECENT_EPISODES and bool(np.mean(self.recent_returns) >= target)
 
     def train_one_update(self, tracker: RunTracker, start_step: int, start_time: float) -> None:
         config = self.config
@@ -303,6 +307,7 @@ class Trainer:
             "eval_return_mean": float(eval_returns.mean()) if eval_returns.size else None,
             "eval_return_std": float(eval_returns.std()) if eval_returns.size else None,
             "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None,
+            "target_reached": self.target_reached() if self.config.target_return is not None else None,
         }
         write_summary(self.run_dir, summary)
         return summary

@@ -144,3 +144,12 @@ def test_a_failing_job_does_not_stop_the_sweep(tmp_path):
     failed, completed = sorted(p for p in sweep_dir.iterdir() if p.is_dir() and p.name != ".hydra")
     assert json.loads((failed / "summary.json").read_text())["status"] == "failed"
     assert json.loads((completed / "summary.json").read_text())["status"] == "completed"  # ...and keeps the rest
+
+
+def test_target_return_stops_training_early(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_rlrun("train", f"hydra.run.dir={run_dir}", "target_return=40", "total_timesteps=50000", "eval_episodes=2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["target_reached"] is True
+    assert summary["env_steps"] < 50000 and summary["train_return_recent"] >= 40
