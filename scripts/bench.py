@@ -30,8 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-START, END = "<!-- speed:start -->", "<!-- speed:end -->"
+from benchdoc import write_section
+
 ALGOS = ["pg", "pg_baseline", "ppo_kl", "ppo_clip"]
 SOLVED = 475.0
 BUDGET = 50_000
@@ -140,7 +140,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="1,2,3,4,5")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    lines = [START, "## Speed: CartPole-v1 against Stable-Baselines3", "",
+    lines = ["## Speed: CartPole-v1 against Stable-Baselines3", "",
              f"Machine: {platform.machine()}, Python {platform.python_version()}, 2 cores, CPU only, one process at a time. "
              f"Produced by `python scripts/bench.py --seeds {args.seeds}`. Median [min, max] over seeds.", ""]
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -176,13 +176,9 @@ def main() -> None:
         f"| one update (advantages, epochs, KL) | {parts['update'] * 1e3:.2f} |",
         f"| sum | {floor * 1e3:.2f} |",
         f"| whole loop, measured (time-to-solve runs) | {loop * 1e3:.2f} |",
-        "", f"Overhead ratio (loop / sum of parts): {loop / floor:.2f}.", END,
+        "", f"Overhead ratio (loop / sum of parts): {loop / floor:.2f}.",
     ]
-    section = "\n".join(lines)
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    text = text[: text.index(START)] + section + text[text.index(END) + len(END):] if START in text else text.rstrip() + "\n\n" + section + "\n"
-    DOC.write_text(text)
-    print(section)
+    print(write_section("speed", lines))
 
 
 if __name__ == "__main__":

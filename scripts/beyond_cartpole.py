@@ -20,8 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-START, END = "<!-- beyond-cartpole:start -->", "<!-- beyond-cartpole:end -->"
+from benchdoc import write_section
+
 TARGETS = {"LunarLander-v3": 200, "HalfCheetah-v5": 1500, "Hopper-v5": 2000}
 # Published PPO results at about 1M steps, for orientation only: other environment versions,
 # hyperparameters and evaluation protocols (see the notes under the table).
@@ -72,8 +72,7 @@ def main() -> None:
         for env_id in args.envs.split(","):
             commands.append(sweep(env_id, args.seeds, args.jobs, Path(tmp) / env_id))
             rows.append(row(env_id, Path(tmp) / env_id))
-    section = "\n".join([
-        START,
+    section = write_section("beyond-cartpole", [
         "## Beyond CartPole: PPO-clip at 1M steps",
         "",
         f"Machine: {platform.machine()}, Python {platform.python_version()}, 2 cores, CPU only, "
@@ -86,14 +85,7 @@ def main() -> None:
         *rows,
         "",
         NOTES,
-        END,
     ])
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if START in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    DOC.write_text(text)
     print(section)
 
 

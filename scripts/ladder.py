@@ -22,12 +22,11 @@ import tempfile
 from pathlib import Path
 
 import gymnasium as gym
+from benchdoc import write_section
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 ALGOS = ["pg", "pg_baseline", "ppo_kl", "ppo_clip"]
 BUDGETS = {"CartPole-v1": 50_000, "Acrobot-v1": 100_000}
-DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
-START, END = "<!-- ladder:start -->", "<!-- ladder:end -->"
 
 
 def sweep(env_id: str, seeds: str, sweep_dir: Path) -> str:
@@ -81,8 +80,7 @@ def main() -> None:
             sweep_dir = Path(tmp) / env_id
             commands.append(sweep(env_id, args.seeds, sweep_dir))
             rows += table_rows(env_id, sweep_dir)
-    section = "\n".join([
-        START,
+    section = write_section("ladder", [
         "## Algorithm ladder",
         "",
         f"Machine: {platform.machine()}, {platform.python_version()}, 2 cores, CPU only. "
@@ -93,14 +91,7 @@ def main() -> None:
         "| env | algo | final eval return (mean ± sd over seeds) | env steps to threshold (median) | env steps | wall s (median) |",
         "|---|---|---|---|---|---|",
         *rows,
-        END,
     ])
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
-    if START in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    DOC.write_text(text)
     print(section)
 
 

@@ -13,9 +13,9 @@ from torch.distributions import Normal
 
 from conftest import compose_config, run_rlrun
 from rlrun.checkpoint import load_checkpoint
-from rlrun.config import PolicyConfig, to_object
+from rlrun.config import to_object
 from rlrun.envs import normalizer_stats
-from rlrun.policies import ActorCritic, GaussianHead
+from rlrun.policies import GaussianHead
 from rlrun.trainer import Trainer, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

@@ -1,7 +1,6 @@
 """Interrupts, resume, evaluation, damaged checkpoints, divergence: nothing paid for is lost."""
 
 import json
-import os
 import signal
 import subprocess
 import time
