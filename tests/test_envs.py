@@ -114,3 +114,13 @@ def test_tuned_presets_apply_to_their_pair_only():
     assert hopper.env.normalize_obs and hopper.env.num_envs == 1
     kl = to_object(compose_config("algo=ppo_kl", "env=Hopper-v5", "env.id=Hopper-v5"))
     assert kl.algo.rollout_steps == 32  # no ppo_kl preset for Hopper: the algorithm's own defaults
+
+
+@pytest.mark.parametrize("mode", ["vector_entry_point", "sync", "async"])
+def test_every_vectorisation_mode_runs(tmp_path, mode):
+    cfg = compose_config("env.id=CartPole-v1", f"env.vectorization={mode}", "env.num_envs=2", "algo.rollout_steps=64", "total_timesteps=256", "eval_episodes=1")
+    trainer = Trainer(to_object(cfg), {}, tmp_path)
+    expected = {"vector_entry_point": "CartPoleVectorEnv", "sync": "SyncVectorEnv", "async": "AsyncVectorEnv"}[mode]
+    assert type(trainer.envs.unwrapped).__name__ == expected
+    trainer.run()
+    assert trainer.global_step >= 256
