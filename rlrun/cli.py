@@ -173,6 +173,10 @@ def summary(
             number(row["seconds_to_threshold"], ".1f"), ", ".join(row["failed"]) or "-", str(row["running"]),
         )
     Console(width=200).print(table)
+    for name, group in groups.items():
+        env_ids = sorted({str(run.info.get("env.id")) for run in group})
+        if len(env_ids) > 1:
+            stderr.print(f"note: group {escape(name)} mixes environments ({', '.join(env_ids)}); --group-by env.id separates them", highlight=False)
 
 
 def _exit_with(err: RLRunError) -> None:
@@ -200,7 +204,12 @@ def _resume_arguments(args: list[str]) -> list[str]:
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
         raise RLRunError(f"Cannot resume {run_dir}: it is not an rlrun run directory (no {overrides_file}).")
-    saved = [o for o in OmegaConf.load(overrides_file) if not (others and o.startswith("total_timesteps="))]
+    # The newest resume's overrides carry any total_timesteps an earlier resume extended to.
+    newest = max([overrides_file, *run_dir.glob(".hydra/resume-*/overrides.yaml")], key=lambda f: f.parent.name)
+    saved = [
+        o for o in OmegaConf.load(newest)
+        if not o.startswith("resume=") and not (others and o.startswith("total_timesteps="))
+    ]
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     return [
         *saved, *others, f"resume={_quoted(run_dir)}", f"hydra.run.dir={_quoted(run_dir)}",
@@ -222,7 +231,7 @@ PLUGINS = {
     ("hydra/launcher", "ray"): ("hydra_plugins.hydra_ray_launcher", "ray"),
     ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
 }
-CHECKED_GROUPS = ("algo", "env", "hparams_search")
+CHECKED_GROUPS = ("algo", "env", "tuned", "hparams_search")
 
 
 def _check_plugin(group: str, value: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import difflib
 import signal
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,7 +43,10 @@ def make_vector_env(config: EnvConfig, num_envs: int | None = None, video_dir: P
             "render_mode": "rgb_array",
             "wrappers": [lambda env: RecordVideo(env, str(video_dir), episode_trigger=lambda _: True, disable_logger=True)],
         }
-    with optional_dependencies(config.id, video=video_dir is not None), _workers_ignore_signals(config.vectorization == "async"):
+    subprocesses = options["vectorization_mode"] == "async"
+    if subprocesses:
+        options["vector_kwargs"] = {"context": "fork"}  # workers inherit the signal mask
+    with optional_dependencies(config.id, video=video_dir is not None), _workers_ignore_sigint(subprocesses):
         envs = RecordEpisodeStatistics(gym.make_vec(config.id, num_envs=num_envs or config.num_envs, **options))
     if config.normalize_obs:
         envs = NormalizeObservation(envs)
@@ -54,18 +56,18 @@ def make_vector_env(config: EnvConfig, num_envs: int | None = None, video_dir: P
 
 
 @contextmanager
-def _workers_ignore_signals(active: bool) -> Iterator[None]:
-    """Subprocess workers started here inherit ignored SIGINT/SIGTERM: a Ctrl-C meant for the
-    trainer's graceful stop must not kill the environments under it."""
-    if not active or threading.current_thread() is not threading.main_thread():
+def _workers_ignore_sigint(active: bool) -> Iterator[None]:
+    """Subprocess workers forked here inherit a blocked SIGINT: the terminal's Ctrl-C, sent to
+    the whole process group, must not kill the environments under the trainer's graceful
+    stop. The trainer itself gets a Ctrl-C from this window once it is unblocked."""
+    if not active:
         yield
         return
-    previous = {signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)}
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def normalize_rewards(envs: VectorEnv, gamma: float) -> VectorEnv:

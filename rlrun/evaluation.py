@@ -82,4 +82,4 @@ def evaluate_run(run_dir: Path, episodes: int, seed: int | None = None, video_di
         envs.close()
     policy.load_state_dict(state["policy"])
     seed = saved["seed"] + EVAL_SEED_OFFSET if seed is None else seed
-    return evaluate(policy, env_config, episodes, seed, video_dir, obs_stats=state["normalizers"].get("obs"))
+    return evaluate(policy, env_config, episodes, seed, video_dir, obs_stats=state.get("normalizers", {}).get("obs"))

@@ -65,7 +65,7 @@ class GaussianHead(nn.Module):
 
     def __init__(self, space: gym.spaces.Box, log_std_init: float):
         super().__init__()
-        size = int(np.prod(space.shape))
+        (size,) = space.shape
         self.num_outputs, self.num_params = size, 2 * size
         self.action_shape = (size,)
         self.log_std = nn.Parameter(torch.full((size,), log_std_init))
@@ -87,9 +87,9 @@ class GaussianHead(nn.Module):
 def make_head(space: gym.Space, config: PolicyConfig) -> CategoricalHead | GaussianHead:
     if isinstance(space, gym.spaces.Discrete):
         return CategoricalHead(space)
-    if isinstance(space, gym.spaces.Box) and np.all(np.isfinite(space.low)) and np.all(np.isfinite(space.high)):
+    if isinstance(space, gym.spaces.Box) and len(space.shape) == 1 and np.isfinite(space.low).all() and np.isfinite(space.high).all():
         return GaussianHead(space, config.log_std_init)
-    raise RLRunError(f"Action space {space} is not supported: rlrun handles Discrete and bounded Box actions.")
+    raise RLRunError(f"Action space {space} is not supported: rlrun handles Discrete and bounded, flat Box actions.")
 
 
 class Actor(nn.Module):

@@ -79,7 +79,12 @@ def test_resume_refuses_a_changed_configuration(tmp_path):
     assert result.returncode == 2 and "only other argument it takes is total_timesteps" in " ".join(result.stderr.split())
     longer = run_rlrun("train", f"resume={run_dir}", "total_timesteps=1024", cwd=tmp_path)
     assert longer.returncode == 0, longer.stderr
-    assert _summary(run_dir)["env_steps"] >= 1024
+    steps = _summary(run_dir)["env_steps"]
+    assert steps >= 1024
+    again = run_rlrun("train", f"resume={run_dir}", cwd=tmp_path)  # keeps the extended total
+    assert again.returncode == 0, again.stderr
+    assert _summary(run_dir)["env_steps"] == steps and _summary(run_dir)["status"] == "completed"
+    assert "total_timesteps: 1024" in next((run_dir / ".hydra").glob("resume-*/config.yaml")).read_text()
 
 
 def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path):
