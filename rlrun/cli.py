@@ -100,7 +100,7 @@ def train(ctx: typer.Context) -> None:
 def evaluate_command(
     run_dir: Path = typer.Argument(..., help="A run directory (holds checkpoint.pt)."),
     episodes: int = typer.Option(10, min=1, help="Episodes to play."),
-    seed: Optional[int] = typer.Option(None, help="Seed of the first episode [default: the run's own evaluation seed]."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the first episode (default: the seed of the run's own final evaluation)."),
     video: Optional[Path] = typer.Option(None, help="Record every episode as MP4 into this directory (needs `pip install 'rlrun[video]'`)."),
 ) -> None:
     """Evaluate a trained run deterministically with the configuration it was trained with."""
@@ -147,10 +147,14 @@ def plot(
 def summary(
     sweep_dir: Path = typer.Argument(..., help="A sweep (or any) directory holding runs."),
     group_by: str = typer.Option("algo", help="Config key to group runs by."),
-    threshold: Optional[float] = typer.Option(None, help="Return to reach [default: the environment's Gymnasium reward threshold]."),
+    threshold: Optional[float] = typer.Option(None, help="Return to reach (default: the environment's Gymnasium reward threshold)."),
 ) -> None:
-    """A table per group: final evaluation return (mean, std, IQM over runs), steps and seconds
-    to reach a return threshold (median over the runs that reached it), failed and running runs."""
+    """Tabulate a sweep per group: final returns, time to a threshold, failed runs.
+
+    Per group: final evaluation return (mean, std and IQM over the completed runs), env steps
+    and seconds until the last 20 training episodes averaged the threshold (median over the
+    runs that reached it), failed and still-running runs.
+    """
     from rich.table import Table
 
     from rlrun import analysis
