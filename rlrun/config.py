@@ -26,6 +26,23 @@ def _check(condition: bool, message: str) -> None:
         raise RLRunError(f"Invalid configuration: {message}")
 
 
+def _bound(name: str, value: Any, op: str, limit: float, nullable: bool = False) -> None:
+    """`name` must be `op limit` (">" or ">="), or null where `nullable`."""
+    if nullable and value is None:
+        return
+    ok = value > limit if op == ">" else value >= limit
+    _check(ok, f"{name} must be {op} {limit}{' or null' if nullable else ''}, got {value}.")
+
+
+def _unit_interval(name: str, value: Any, open_at_zero: bool, nullable: bool = False) -> None:
+    """`name` must lie in (0, 1] or [0, 1], or be null where `nullable`."""
+    if nullable and value is None:
+        return
+    ok = (0 < value if open_at_zero else 0 <= value) and value <= 1
+    interval = "(0, 1]" if open_at_zero else "[0, 1]"
+    _check(ok, f"{name} must be in {interval}{' or null' if nullable else ''}, got {value}.")
+
+
 @dataclass
 class EnvConfig:
     """A Gymnasium environment, stepped as a vector of `num_envs` copies."""
@@ -40,7 +57,7 @@ class EnvConfig:
     normalize_reward: bool = False  # scale rewards by the std of the discounted return
 
     def __post_init__(self) -> None:
-        _check(self.num_envs >= 1, f"env.num_envs must be >= 1, got {self.num_envs}.")
+        _bound("env.num_envs", self.num_envs, ">=", 1)
         modes = (None, "sync", "async", "vector_entry_point")
         _check(
             self.vectorization in modes,
@@ -77,11 +94,8 @@ class OptimConfig:
     max_grad_norm: Optional[float] = 0.5  # clip the global gradient norm; null: never
 
     def __post_init__(self) -> None:
-        _check(self.lr > 0, f"algo.lr must be > 0, got {self.lr}.")
-        _check(
-            self.max_grad_norm is None or self.max_grad_norm > 0,
-            f"algo.max_grad_norm must be > 0 or null, got {self.max_grad_norm}.",
-        )
+        _bound("algo.lr", self.lr, ">", 0)
+        _bound("algo.max_grad_norm", self.max_grad_norm, ">", 0, nullable=True)
 
 
 @dataclass
@@ -112,14 +126,11 @@ class PGBaselineConfig(PGConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(0 < self.gamma <= 1, f"algo.gamma must be in (0, 1], got {self.gamma}.")
-        _check(self.value_steps >= 1, f"algo.value_steps must be >= 1, got {self.value_steps}.")
-        _check(self.vf_coef > 0, f"algo.vf_coef must be > 0, got {self.vf_coef}.")
+        _unit_interval("algo.gamma", self.gamma, open_at_zero=True)
+        _bound("algo.value_steps", self.value_steps, ">=", 1)
+        _bound("algo.vf_coef", self.vf_coef, ">", 0)
+        _unit_interval("algo.gae_lambda", self.gae_lambda, open_at_zero=False, nullable=True)
         if self.gae_lambda is not None:
-            _check(
-                0 <= self.gae_lambda <= 1,
-                f"algo.gae_lambda must be in [0, 1] or null, got {self.gae_lambda}.",
-            )
             _check(
                 self.baseline == Baseline.value,
                 "algo.gae_lambda needs the learned value baseline (algo.baseline=value); "
@@ -142,16 +153,13 @@ class PPOConfig(OptimConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.rollout_steps >= 1, f"algo.rollout_steps must be >= 1, got {self.rollout_steps}.")
-        _check(self.epochs >= 1, f"algo.epochs must be >= 1, got {self.epochs}.")
-        _check(
-            self.num_minibatches >= 1,
-            f"algo.num_minibatches must be >= 1, got {self.num_minibatches}.",
-        )
-        _check(0 < self.gamma <= 1, f"algo.gamma must be in (0, 1], got {self.gamma}.")
-        _check(0 <= self.gae_lambda <= 1, f"algo.gae_lambda must be in [0, 1], got {self.gae_lambda}.")
-        _check(self.ent_coef >= 0, f"algo.ent_coef must be >= 0, got {self.ent_coef}.")
-        _check(self.vf_coef >= 0, f"algo.vf_coef must be >= 0, got {self.vf_coef}.")
+        _bound("algo.rollout_steps", self.rollout_steps, ">=", 1)
+        _bound("algo.epochs", self.epochs, ">=", 1)
+        _bound("algo.num_minibatches", self.num_minibatches, ">=", 1)
+        _unit_interval("algo.gamma", self.gamma, open_at_zero=True)
+        _unit_interval("algo.gae_lambda", self.gae_lambda, open_at_zero=False)
+        _bound("algo.ent_coef", self.ent_coef, ">=", 0)
+        _bound("algo.vf_coef", self.vf_coef, ">=", 0)
 
 
 @dataclass
@@ -164,11 +172,8 @@ class PPOClipConfig(PPOConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.clip_eps > 0, f"algo.clip_eps must be > 0, got {self.clip_eps}.")
-        _check(
-            self.target_kl is None or self.target_kl > 0,
-            f"algo.target_kl must be > 0 or null, got {self.target_kl}.",
-        )
+        _bound("algo.clip_eps", self.clip_eps, ">", 0)
+        _bound("algo.target_kl", self.target_kl, ">", 0, nullable=True)
 
 
 @dataclass
@@ -181,8 +186,8 @@ class PPOKLConfig(PPOConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(self.kl_target > 0, f"algo.kl_target must be > 0, got {self.kl_target}.")
-        _check(self.beta_init >= 0, f"algo.beta_init must be >= 0, got {self.beta_init}.")
+        _bound("algo.kl_target", self.kl_target, ">", 0)
+        _bound("algo.beta_init", self.beta_init, ">=", 0)
         _check(
             not (self.adaptive and self.beta_init == 0),
             "algo.beta_init=0 with algo.adaptive=true would stay 0 (beta only halves or doubles); "
@@ -216,15 +221,12 @@ class Config:
     resume: Optional[str] = None  # a run directory to continue (set by `rlrun train resume=DIR`)
 
     def __post_init__(self) -> None:
-        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}.")
-        _check(self.total_timesteps >= 1, f"total_timesteps must be >= 1, got {self.total_timesteps}.")
-        _check(self.eval_episodes >= 0, f"eval_episodes must be >= 0, got {self.eval_episodes}.")
-        _check(self.eval_interval >= 0, f"eval_interval must be >= 0, got {self.eval_interval}.")
-        _check(
-            self.checkpoint_interval >= 0,
-            f"checkpoint_interval must be >= 0, got {self.checkpoint_interval}.",
-        )
-        _check(self.torch_threads >= 1, f"torch_threads must be >= 1, got {self.torch_threads}.")
+        _bound("seed", self.seed, ">=", 0)
+        _bound("total_timesteps", self.total_timesteps, ">=", 1)
+        _bound("eval_episodes", self.eval_episodes, ">=", 0)
+        _bound("eval_interval", self.eval_interval, ">=", 0)
+        _bound("checkpoint_interval", self.checkpoint_interval, ">=", 0)
+        _bound("torch_threads", self.torch_threads, ">=", 1)
         if isinstance(self.algo, PGBaselineConfig) and self.algo.baseline == Baseline.mean:
             _check(
                 self.env.num_envs >= 2,
