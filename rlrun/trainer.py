@@ -74,6 +74,8 @@ def _checkpoint_to_resume(cfg: DictConfig) -> dict[str, Any]:
 
 
 class Trainer:
+    """One run: its environments, policy, algorithm and rollout storage, and the loop."""
+
     def __init__(self, config: Config, resolved_config: dict[str, Any], run_dir: Path):
         self.config = config
         self.resolved_config = resolved_config
