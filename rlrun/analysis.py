@@ -51,17 +51,22 @@ class Run:
     def status(self) -> str:
         return self.summary.get("status", "running")
 
-    def curve(self, tag: str = RETURN_TAG, x: str = "steps") -> tuple[np.ndarray, np.ndarray]:
-        """(x, y) of one scalar tag; x in env steps or seconds since the run's first event."""
+    @cached_property
+    def scalars(self) -> dict[str, list[Any]]:
+        """Every scalar tag's events, read once with TensorBoard's own reader ({} if none yet)."""
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
         if not (self.path / TENSORBOARD_SUBDIR).is_dir():
-            return np.array([]), np.array([])
+            return {}
         events = EventAccumulator(str(self.path / TENSORBOARD_SUBDIR), size_guidance={"scalars": 0})
         events.Reload()
-        if tag not in events.Tags().get("scalars", []):
+        return {tag: events.Scalars(tag) for tag in events.Tags().get("scalars", [])}
+
+    def curve(self, tag: str = RETURN_TAG, x: str = "steps") -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) of one scalar tag; x in env steps or seconds since the run's first event."""
+        scalars = self.scalars.get(tag)
+        if not scalars:
             return np.array([]), np.array([])
-        scalars = events.Scalars(tag)
         values = np.array([event.value for event in scalars])
         if x == "seconds":
             times = np.array([event.wall_time for event in scalars])

@@ -239,8 +239,11 @@ CHECKED_GROUPS = ("algo", "env", "tuned", "hparams_search")
 
 
 def _check_plugin(group: str, value: str) -> None:
-    module, extra = PLUGINS.get((group, value), PLUGINS[("hydra/sweeper", "optuna")] if group == "hparams_search" else (None, None))
-    if module is not None and importlib.util.find_spec(module) is None:
+    key = ("hydra/sweeper", "optuna") if group == "hparams_search" else (group, value)  # searches use Optuna
+    if key not in PLUGINS:
+        return
+    module, extra = PLUGINS[key]
+    if importlib.util.find_spec(module) is None:
         raise RLRunError(f"{group}={value} needs a Hydra plugin that is not installed: pip install 'rlrun[{extra}]'.")
 
 

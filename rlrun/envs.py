@@ -75,25 +75,27 @@ def normalize_rewards(envs: VectorEnv, gamma: float) -> VectorEnv:
     return NormalizeReward(envs, gamma=gamma)
 
 
-def normalizer_stats(envs: VectorEnv) -> dict[str, RunningMeanStd]:
-    """The running statistics of the normalisation wrappers in `envs`, by wrapper."""
-    stats = {}
+# The normalisation wrappers' running statistics: wrapper -> (name in checkpoints, attribute).
+_NORMALIZERS = {NormalizeObservation: ("obs", "obs_rms"), NormalizeReward: ("return", "return_rms")}
+
+
+def _normalizers(envs: VectorEnv) -> Iterator[tuple[str, VectorEnv, str]]:
     while isinstance(envs, gym.vector.VectorWrapper):
-        if isinstance(envs, NormalizeObservation):
-            stats["obs"] = envs.obs_rms
-        if isinstance(envs, NormalizeReward):
-            stats["return"] = envs.return_rms
+        if type(envs) in _NORMALIZERS:
+            name, attribute = _NORMALIZERS[type(envs)]
+            yield name, envs, attribute
         envs = envs.env
-    return stats
+
+
+def normalizer_stats(envs: VectorEnv) -> dict[str, RunningMeanStd]:
+    """The running statistics of the normalisation wrappers in `envs`, by name."""
+    return {name: getattr(wrapper, attribute) for name, wrapper, attribute in _normalizers(envs)}
 
 
 def load_normalizer_stats(envs: VectorEnv, stats: dict[str, RunningMeanStd]) -> None:
-    while isinstance(envs, gym.vector.VectorWrapper):
-        if isinstance(envs, NormalizeObservation) and "obs" in stats:
-            envs.obs_rms = stats["obs"]
-        if isinstance(envs, NormalizeReward) and "return" in stats:
-            envs.return_rms = stats["return"]
-        envs = envs.env
+    for name, wrapper, attribute in _normalizers(envs):
+        if name in stats:
+            setattr(wrapper, attribute, stats[name])
 
 
 def snapshot(config: EnvConfig, envs: VectorEnv) -> bytes | None:

@@ -258,7 +258,8 @@ class Trainer:
         advantages, returns = self.algo.advantages(self.rollout)
         batch = self.rollout.batch(advantages, returns)
         stats = self.algo.update(batch)
-        stats["kl"] = mean_kl(self.policy, batch).item()  # how far this update moved the policy
+        if "kl" not in stats:  # how far this update moved the policy, unless the algorithm measured it
+            stats["kl"] = mean_kl(self.policy, batch).item()
         if self.policy.critic is not None:
             stats["explained_variance"] = explained_variance(batch.old_values, batch.returns)
         return stats

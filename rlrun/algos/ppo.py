@@ -134,8 +134,9 @@ class PPOKL(PPO):
     def update(self, batch: Batch) -> dict[str, float]:
         stats = super().update(batch)
         stats["kl_beta"] = self.kl_beta  # the beta this update used
+        stats["kl"] = mean_kl(self.policy, batch).item()  # d of the rule; the trainer logs it as is
         if self.config.adaptive:
-            self.kl_beta = adapt_kl_beta(self.kl_beta, mean_kl(self.policy, batch).item(), self.config.kl_target)
+            self.kl_beta = adapt_kl_beta(self.kl_beta, stats["kl"], self.config.kl_target)
         return stats
 
 
