@@ -11,6 +11,7 @@ from torch.distributions import kl_divergence
 from torch.func import functional_call, grad, vmap
 
 from rlrun.config import OptimConfig
+from rlrun.optim import Adam
 from rlrun.policies import ActorCritic
 from rlrun.rollout import Batch, Rollout
 
@@ -29,7 +30,7 @@ class Algorithm:
         self.config = config
         self.policy = policy
         # eps=1e-5 as in the PPO reference implementations (baselines, CleanRL).
-        self.optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5)
+        self.optimizer = Adam(policy.parameters(), lr=config.lr, eps=1e-5)
 
     @classmethod
     def needs_critic(cls, config: OptimConfig) -> bool:
@@ -51,12 +52,11 @@ class Algorithm:
         self.optimizer.load_state_dict(state["optimizer"])
 
     def set_learning_rate(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self.optimizer.lr = lr
 
     def gradient_step(self, loss: torch.Tensor) -> torch.Tensor:
         """One clipped gradient step on `loss`; returns the gradient norm before clipping."""
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         loss.backward()
         max_norm = self.config.max_grad_norm
         grad_norm = nn.utils.clip_grad_norm_(self.policy.parameters(), math.inf if max_norm is None else max_norm)
