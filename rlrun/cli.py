@@ -8,6 +8,7 @@ rlrun refuses, 1 for a run that failed, 128 + signal for an interrupted one.
 from __future__ import annotations
 
 import difflib
+import gc
 import importlib.util
 import signal
 import sys
@@ -53,6 +54,11 @@ def _train_job(cfg: DictConfig) -> float:
     _job_started = True
     from rlrun.trainer import train  # torch loads only when something trains
 
+    if not gc.get_freeze_count():
+        # The hundreds of thousands of objects torch's import made live as long as the
+        # process: leave them out of every garbage collection, including the one at exit
+        # (0.3 s).
+        gc.freeze()
     try:
         return train(cfg, HydraConfig.get().runtime.output_dir)
     except RLRunError as err:

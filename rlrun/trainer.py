@@ -205,9 +205,9 @@ class Trainer:
     def start_episodes(self, seed: int | None = None) -> None:
         obs, _ = self.envs.reset(seed=seed)
         self.obs = torch.as_tensor(obs, dtype=torch.float32)
-        self.prev_dones = torch.zeros(self.envs.num_envs, dtype=torch.bool)
+        self.prev_dones = np.zeros(self.envs.num_envs, dtype=bool)
         # In whole-episode mode an env stops contributing after its first episode ends.
-        self.collecting = torch.ones(self.envs.num_envs, dtype=torch.bool)
+        self.collecting = np.ones(self.envs.num_envs, dtype=bool)
 
     def collect(self) -> tuple[list[float], list[float]]:
         """Fill the rollout; return the returns and lengths of the episodes that finished.
@@ -219,38 +219,38 @@ class Trainer:
         whole_episodes = self.algo.whole_episodes
         if whole_episodes and not self.collecting.all():  # the last batch used them up
             self.start_episodes()
+        # What the environments return is written through numpy views of the rollout's
+        # tensors: numpy's per-call cost is a fraction of torch's on arrays this small.
+        rewards_, terminated_, dones_, valid_ = (x.numpy() for x in (rollout.rewards, rollout.terminated, rollout.dones, rollout.valid))
         episode_returns: list[float] = []
         episode_lengths: list[float] = []
-        for t in range(rollout.steps):
-            with torch.inference_mode():
+        with torch.inference_mode():
+            for t in range(rollout.steps):
                 dist_params, values = policy(self.obs)
                 dist = policy.distribution(dist_params)
                 actions = dist.sample()
-                log_probs = dist.log_prob(actions)
-            obs, rewards, terminated, truncated, info = self.envs.step(policy.head.to_env(actions))
-            rollout.obs[t] = self.obs
-            rollout.actions[t] = actions
-            rollout.log_probs[t] = log_probs
-            rollout.dist_params[t] = dist_params
-            rollout.values[t] = values
-            rollout.rewards[t] = torch.as_tensor(rewards)
-            rollout.terminated[t] = torch.as_tensor(terminated)
-            rollout.dones[t] = torch.as_tensor(terminated | truncated)
-            rollout.valid[t] = ~self.prev_dones & self.collecting
-            self.prev_dones = rollout.dones[t].clone()
-            self.obs = torch.as_tensor(obs, dtype=torch.float32)
-            if "episode" in info:
-                finished = info["_episode"] & rollout.valid[t].numpy()
-                episode_returns += info["episode"]["r"][finished].tolist()
-                episode_lengths += info["episode"]["l"][finished].tolist()
-            if whole_episodes:
-                self.collecting &= ~rollout.dones[t]
-                if not self.collecting.any():
-                    rollout.valid[t + 1:] = False
-                    break
-        self.global_step += int(rollout.valid.sum())
-        with torch.inference_mode():
+                obs, rewards, terminated, truncated, info = self.envs.step(policy.head.to_env(actions))
+                rollout.obs[t] = self.obs
+                rollout.actions[t] = actions
+                rollout.log_probs[t] = dist.log_prob(actions)
+                rollout.dist_params[t] = dist_params
+                rollout.values[t] = values
+                rewards_[t], terminated_[t] = rewards, terminated
+                dones_[t] = dones = terminated | truncated
+                valid_[t] = valid = ~self.prev_dones & self.collecting
+                self.prev_dones = dones
+                self.obs = torch.as_tensor(obs, dtype=torch.float32)
+                if "episode" in info:
+                    finished = info["_episode"] & valid
+                    episode_returns += info["episode"]["r"][finished].tolist()
+                    episode_lengths += info["episode"]["l"][finished].tolist()
+                if whole_episodes:
+                    self.collecting &= ~dones
+                    if not self.collecting.any():
+                        valid_[t + 1:] = False
+                        break
             rollout.next_value = policy.value(self.obs)
+        self.global_step += int(valid_.sum())
         self.recent_returns.extend(episode_returns)
         return episode_returns, episode_lengths
 

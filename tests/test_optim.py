@@ -16,7 +16,7 @@ def _net() -> nn.Module:
 @pytest.mark.parametrize("lr, eps", [(1e-3, 1e-5), (3e-2, 1e-8)])
 def test_adam_matches_torch_optim_adam_step_for_step(lr, eps):
     ours, theirs = _net(), _net()
-    optimizer, reference = Adam(ours.parameters(), lr=lr, eps=eps), torch.optim.Adam(theirs.parameters(), lr=lr, eps=eps)
+    optimizer, reference = Adam(ours.parameters(), lr=lr, eps=eps), torch.optim.Adam(theirs.parameters(), lr=lr, eps=eps, foreach=True)
     for step in range(50):
         x = torch.randn(32, 4, generator=torch.Generator().manual_seed(step))
         for net, opt in ((ours, optimizer), (theirs, reference)):

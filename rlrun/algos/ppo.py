@@ -50,7 +50,9 @@ class PPO(Algorithm):
                 policy_loss, diagnostics = self.policy_loss(ratio, advantages, dist, minibatch)
                 value_loss = 0.5 * (values - minibatch.returns).pow(2).mean()
                 entropy = dist.entropy().mean()
-                loss = policy_loss - config.ent_coef * entropy + config.vf_coef * value_loss
+                loss = policy_loss + config.vf_coef * value_loss
+                if config.ent_coef:  # with none, the backward pass has no entropy terms to walk
+                    loss = loss - config.ent_coef * entropy
                 grad_norm = self.gradient_step(loss)
                 with torch.no_grad():
                     # k3 estimator of KL(pi_old || pi_theta): unbiased, always >= 0.
