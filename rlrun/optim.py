@@ -17,12 +17,13 @@ import torch
 
 class Adam:
     """Adam (Kingma & Ba, 2015) with bias-corrected moments and eps added outside the square
-    root, on one group of parameters that all receive a gradient at every step."""
+    root, on one group of parameters. As in torch.optim, a parameter with no gradient (the
+    critic during a policy-only step, say) is left as it is, its moments and step count too."""
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         self.params = [param for param in params if param.requires_grad]
         self.lr, self.betas, self.eps = lr, betas, eps
-        self.steps = 0
+        self.steps = [0] * len(self.params)
         self.exp_avgs = [torch.zeros_like(param) for param in self.params]
         self.exp_avg_sqs = [torch.zeros_like(param) for param in self.params]
 
@@ -32,25 +33,30 @@ class Adam:
 
     @torch.no_grad()
     def step(self) -> None:
-        self.steps += 1
+        active = [i for i, param in enumerate(self.params) if param.grad is not None]
+        params = [self.params[i] for i in active]
+        grads = [param.grad for param in params]
+        exp_avgs = [self.exp_avgs[i] for i in active]
+        exp_avg_sqs = [self.exp_avg_sqs[i] for i in active]
+        for i in active:
+            self.steps[i] += 1
         beta1, beta2 = self.betas
-        step_size = self.lr / (1 - beta1**self.steps)
-        bias_correction2_sqrt = math.sqrt(1 - beta2**self.steps)
-        grads = [param.grad for param in self.params]
+        step_sizes = [-self.lr / (1 - beta1 ** self.steps[i]) for i in active]
+        bias_corrections2_sqrt = [math.sqrt(1 - beta2 ** self.steps[i]) for i in active]
         # One multi-tensor kernel per operation for all parameters, as torch.optim's foreach
         # path does: a small network's step is dominated by per-call overhead.
-        torch._foreach_lerp_(self.exp_avgs, grads, 1 - beta1)
-        torch._foreach_mul_(self.exp_avg_sqs, beta2)
-        torch._foreach_addcmul_(self.exp_avg_sqs, grads, grads, 1 - beta2)
-        denoms = torch._foreach_sqrt(self.exp_avg_sqs)
-        torch._foreach_div_(denoms, bias_correction2_sqrt)
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+        denoms = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denoms, bias_corrections2_sqrt)
         torch._foreach_add_(denoms, self.eps)
-        torch._foreach_addcdiv_(self.params, self.exp_avgs, denoms, -step_size)
+        torch._foreach_addcdiv_(params, exp_avgs, denoms, step_sizes)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"steps": self.steps, "exp_avgs": self.exp_avgs, "exp_avg_sqs": self.exp_avg_sqs}
+        return {"steps": list(self.steps), "exp_avgs": self.exp_avgs, "exp_avg_sqs": self.exp_avg_sqs}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.steps = state["steps"]
+        self.steps = list(state["steps"])
         for mine, saved in zip(self.exp_avgs + self.exp_avg_sqs, state["exp_avgs"] + state["exp_avg_sqs"]):
             mine.copy_(saved)

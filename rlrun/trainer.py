@@ -226,7 +226,7 @@ class Trainer:
         episode_lengths: list[float] = []
         with torch.inference_mode():
             for t in range(rollout.steps):
-                dist_params, values = policy(self.obs)
+                dist_params = policy.actor(self.obs)
                 dist = policy.distribution(dist_params)
                 actions = dist.sample()
                 obs, rewards, terminated, truncated, info = self.envs.step(policy.head.to_env(actions))
@@ -234,7 +234,6 @@ class Trainer:
                 rollout.actions[t] = actions
                 rollout.log_probs[t] = dist.log_prob(actions)
                 rollout.dist_params[t] = dist_params
-                rollout.values[t] = values
                 rewards_[t], terminated_[t] = rewards, terminated
                 dones_[t] = dones = terminated | truncated
                 valid_[t] = valid = ~self.prev_dones & self.collecting
@@ -249,6 +248,8 @@ class Trainer:
                     if not self.collecting.any():
                         valid_[t + 1:] = False
                         break
+            # The critic plays no part in acting: one batched call values the whole rollout.
+            rollout.values = policy.value(rollout.obs.flatten(0, 1)).view(rollout.values.shape)
             rollout.next_value = policy.value(self.obs)
         self.global_step += int(valid_.sum())
         self.recent_returns.extend(episode_returns)

@@ -7,13 +7,15 @@
 Measures, each in fresh processes, one at a time:
 - time to solve: wall seconds of the whole process (interpreter start, imports, Hydra
   included) until the mean return of the last 20 training episodes reaches 475, confirmed by
-  a final deterministic evaluation mean >= 475 over 10 episodes. rlrun runs its defaults with
-  `target_return=475`; SB3 runs PPO with rl-baselines3-zoo's CartPole-v1 hyperparameters and a
-  callback that stops at the same criterion. Both with one torch thread.
+  a final deterministic evaluation mean >= 475 over 10 episodes. rlrun runs its defaults
+  (50k-step budget) with `target_return=475`; SB3 runs PPO with rl-baselines3-zoo's CartPole-v1
+  hyperparameters and a callback that stops at the same criterion (300k-step budget). Both
+  with one torch thread.
 - throughput: env steps per second of the whole training loop at a fixed 50k-step budget,
   each rlrun algorithm and SB3 PPO, with the peak resident memory of the process.
 - the limit: what the loop's parts cost alone at the default sizes (vector-env step, policy
-  forward and sampling, one update), and the loop's overhead over their sum.
+  forward and sampling, one update), and the loop's overhead over their sum; and start-up:
+  the whole process of a run that trains one rollout and does not evaluate.
 Writes a markdown table into docs/benchmarks.md.
 """
 
@@ -116,17 +118,21 @@ def limit() -> dict:
         for _ in range(steps * 20):
             envs.step(actions)
         env_seconds = (time.perf_counter() - start) / 20
-        obs = trainer.obs
+        obs, all_obs = trainer.obs, trainer.rollout.obs.flatten(0, 1)
         start = time.perf_counter()
-        for _ in range(steps * 20):
+        for _ in range(20):
             with torch.inference_mode():
-                dist = policy.distribution(policy.actor(obs))
-                dist.log_prob(dist.sample()), policy.value(obs)
+                for _ in range(steps):  # acting: the actor and a sample, every step
+                    dist = policy.distribution(policy.actor(obs))
+                    dist.log_prob(dist.sample())
+                policy.value(all_obs)  # the critic: once per rollout, batched
         forward_seconds = (time.perf_counter() - start) / 20
-        start = time.perf_counter()
-        for _ in range(10):
+        update_seconds = 0.0
+        for _ in range(10):  # each on fresh data: target_kl would cut a repeated update short
+            trainer.collect()
+            start = time.perf_counter()
             trainer.update()
-        update_seconds = (time.perf_counter() - start) / 10
+            update_seconds += (time.perf_counter() - start) / 10
         envs.close()
     return {"env": env_seconds, "forward": forward_seconds, "update": update_seconds, "steps_per_update": steps * config.env.num_envs}
 
@@ -145,7 +151,7 @@ def main() -> None:
              f"Produced by `python scripts/bench.py --seeds {args.seeds}`. Median [min, max] over seeds.", ""]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        ours = [rlrun_run(tmp, f"solve-{s}", f"seed={s}", "target_return=475", "total_timesteps=300000") for s in seeds]
+        ours = [rlrun_run(tmp, f"solve-{s}", f"seed={s}", "target_return=475") for s in seeds]
         theirs = [sb3_run(tmp, s, stop=True, budget=300_000) for s in seeds]
         solved = lambda r: r["target_reached"] and r["eval_return_mean"] >= SOLVED  # noqa: E731
         lines += [
@@ -159,13 +165,15 @@ def main() -> None:
             "### Throughput (50k env steps, whole training loop)", "",
             "| runner | loop SPS | peak RSS MB |", "|---|---|---|",
         ]
+        throughput = {}
         for algo in ALGOS:
-            runs = [rlrun_run(tmp, f"{algo}-{s}", f"algo={algo}", f"seed={s}", f"total_timesteps={BUDGET}", "eval_episodes=0") for s in seeds[:3]]
+            runs = throughput[algo] = [rlrun_run(tmp, f"{algo}-{s}", f"algo={algo}", f"seed={s}", f"total_timesteps={BUDGET}", "eval_episodes=0") for s in seeds[:3]]
             lines.append(f"| rlrun `algo={algo}` | {spread([r['sps'] for r in runs], ',.0f')} | {spread([r['rss'] for r in runs], '.0f')} |")
         runs = [sb3_run(tmp, s, stop=False, budget=BUDGET) for s in seeds[:3]]
         lines.append(f"| SB3 PPO (rl-zoo3 hyperparameters) | {spread([r['sps'] for r in runs], ',.0f')} | {spread([r['rss'] for r in runs], '.0f')} |")
-    parts = limit()
-    loop = parts["steps_per_update"] / statistics.median(r["sps"] for r in ours)
+        parts = limit()
+        one_update = [rlrun_run(tmp, f"startup-{s}", f"seed={s}", f"total_timesteps={parts['steps_per_update']}", "eval_episodes=0") for s in seeds[:3]]
+    loop = parts["steps_per_update"] / statistics.median(r["sps"] for r in throughput["ppo_clip"])
     floor = parts["env"] + parts["forward"] + parts["update"]
     lines += [
         "", "### The limit (default PPO-clip, per update of "
@@ -175,8 +183,10 @@ def main() -> None:
         f"| policy forward + sampling alone | {parts['forward'] * 1e3:.2f} |",
         f"| one update (advantages, epochs, KL) | {parts['update'] * 1e3:.2f} |",
         f"| sum | {floor * 1e3:.2f} |",
-        f"| whole loop, measured (time-to-solve runs) | {loop * 1e3:.2f} |",
-        "", f"Overhead ratio (loop / sum of parts): {loop / floor:.2f}.",
+        f"| whole loop, measured (throughput runs) | {loop * 1e3:.2f} |",
+        "", f"Overhead ratio (loop / sum of parts): {loop / floor:.2f}.", "",
+        "Start-up and exit, outside the loop (a whole process that trains one rollout and does not "
+        f"evaluate, minus its loop): {spread([r['seconds'] - r['wall_seconds'] for r in one_update])} s.",
     ]
     print(write_section("speed", lines))
 

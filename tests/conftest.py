@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 RLRUN = Path(sys.executable).with_name("rlrun")  # the installed console script
 
 # A run that finishes in about a second: 2 updates of 8 envs x 16 steps.
-TINY = ["total_timesteps=256", "algo.rollout_steps=16", "eval_episodes=2"]
+TINY = ["total_timesteps=256", "env.num_envs=8", "algo.rollout_steps=16", "eval_episodes=2"]
 
 
 def run_rlrun(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -39,7 +39,7 @@ def test_overrides_reach_the_objects():
         ("env.vectorization=threads", "env.vectorization must be one of"),
         ("policy.activation=gelu", "policy.activation must be tanh or relu"),
         ("total_timesteps=100", "less than one rollout"),
-        ("algo.num_minibatches=1000", "exceeds the batch size"),
+        ("algo.num_minibatches=5000", "exceeds the batch size"),
         ("eval_episodes=-1", "eval_episodes must be >= 0"),
     ],
 )

@@ -20,7 +20,7 @@ def _train(tmp_path, *overrides):
 
 
 def test_default_ppo_clip_solves_cartpole(tmp_path):
-    """`rlrun train` with defaults: PPO-clip, CartPole-v1, 50k steps (about 8 s)."""
+    """`rlrun train` with defaults: PPO-clip, CartPole-v1, 50k steps (about 3 s)."""
     assert _train(tmp_path, "seed=1")["eval_return_mean"] >= 475
 
 
@@ -29,7 +29,8 @@ def test_ppo_kl_solves_cartpole(tmp_path):
 
 
 def test_pg_baseline_clearly_beats_random(tmp_path):
-    assert _train(tmp_path, "algo=pg_baseline", "seed=1")["eval_return_mean"] >= 150
+    summary = _train(tmp_path, "algo=pg_baseline", "seed=1")
+    assert summary["eval_return_mean"] >= 100 and summary["train_return_recent"] >= 100
 
 
 def test_vanilla_pg_clearly_beats_random(tmp_path):

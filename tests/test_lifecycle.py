@@ -74,22 +74,22 @@ def test_signal_stops_cleanly_and_resume_matches_an_uninterrupted_run(tmp_path, 
 
 def test_resume_refuses_a_changed_configuration(tmp_path):
     run_dir = tmp_path / "run"
-    assert run_rlrun("train", f"hydra.run.dir={run_dir}", "total_timesteps=512", cwd=tmp_path).returncode == 0
+    assert run_rlrun("train", f"hydra.run.dir={run_dir}", "total_timesteps=2048", cwd=tmp_path).returncode == 0
     result = run_rlrun("train", f"resume={run_dir}", "algo.lr=0.1", cwd=tmp_path)
     assert result.returncode == 2 and "only other argument it takes is total_timesteps" in " ".join(result.stderr.split())
-    longer = run_rlrun("train", f"resume={run_dir}", "total_timesteps=1024", cwd=tmp_path)
+    longer = run_rlrun("train", f"resume={run_dir}", "total_timesteps=4096", cwd=tmp_path)
     assert longer.returncode == 0, longer.stderr
     steps = _summary(run_dir)["env_steps"]
     assert steps >= 1024
     again = run_rlrun("train", f"resume={run_dir}", cwd=tmp_path)  # keeps the extended total
     assert again.returncode == 0, again.stderr
     assert _summary(run_dir)["env_steps"] == steps and _summary(run_dir)["status"] == "completed"
-    assert "total_timesteps: 1024" in next((run_dir / ".hydra").glob("resume-*/config.yaml")).read_text()
+    assert "total_timesteps: 4096" in next((run_dir / ".hydra").glob("resume-*/config.yaml")).read_text()
 
 
 def test_a_refused_resume_leaves_the_run_as_it_was(tmp_path):
     run_dir = tmp_path / "run"
-    assert run_rlrun("train", f"hydra.run.dir={run_dir}", "total_timesteps=512", cwd=tmp_path).returncode == 0
+    assert run_rlrun("train", f"hydra.run.dir={run_dir}", "total_timesteps=2048", cwd=tmp_path).returncode == 0
     before = (run_dir / "summary.json").read_text()
     overrides = run_dir / ".hydra" / "overrides.yaml"
     overrides.write_text(overrides.read_text() + "- algo.clip_eps=0.3\n")  # the saved config no longer matches
@@ -119,7 +119,7 @@ def test_eval_records_playable_mp4(tmp_path):
     import imageio.v3 as iio
 
     run_dir = tmp_path / "run"
-    assert run_rlrun("train", f"hydra.run.dir={run_dir}", "total_timesteps=512", cwd=tmp_path).returncode == 0
+    assert run_rlrun("train", f"hydra.run.dir={run_dir}", "total_timesteps=2048", cwd=tmp_path).returncode == 0
     result = run_rlrun("eval", str(run_dir), "--episodes", "2", "--video", str(tmp_path / "videos"), cwd=tmp_path,
                        env={"SDL_VIDEODRIVER": "dummy"})
     assert result.returncode == 0, result.stderr
@@ -131,7 +131,7 @@ def test_eval_records_playable_mp4(tmp_path):
 
 def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path):
     run_dir = tmp_path / "run"
-    assert run_rlrun("train", f"hydra.run.dir={run_dir}", "total_timesteps=2048", "checkpoint_interval=1", cwd=tmp_path).returncode == 0
+    assert run_rlrun("train", f"hydra.run.dir={run_dir}", "total_timesteps=4096", "checkpoint_interval=1", cwd=tmp_path).returncode == 0
     newest = run_dir / "checkpoint.pt"
     newest.write_bytes(newest.read_bytes()[:1000])  # truncated, as by a full disk
     result = run_rlrun("eval", str(run_dir), "--episodes", "2", cwd=tmp_path)

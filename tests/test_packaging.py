@@ -39,7 +39,7 @@ def test_wheel_ships_the_configs(tmp_path):
     assert where.stdout.startswith(str(site))
     run_dir = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "rlrun", "train", f"hydra.run.dir={run_dir}", "total_timesteps=256", "algo.rollout_steps=16", "eval_episodes=1"],
+        [sys.executable, "-m", "rlrun", "train", f"hydra.run.dir={run_dir}", "total_timesteps=256", "env.num_envs=8", "algo.rollout_steps=16", "eval_episodes=1"],
         cwd=tmp_path, env=env, capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr
