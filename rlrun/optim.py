@@ -34,24 +34,27 @@ class Adam:
     @torch.no_grad()
     def step(self) -> None:
         active = [i for i, param in enumerate(self.params) if param.grad is not None]
-        params = [self.params[i] for i in active]
-        grads = [param.grad for param in params]
-        exp_avgs = [self.exp_avgs[i] for i in active]
-        exp_avg_sqs = [self.exp_avg_sqs[i] for i in active]
         for i in active:
             self.steps[i] += 1
+        # Parameters that share a step count share their bias corrections: one multi-tensor
+        # kernel per operation and group, as torch.optim's foreach path does (a small
+        # network's step is dominated by per-call overhead). Usually there is one group.
+        for steps in sorted({self.steps[i] for i in active}):
+            self._update([i for i in active if self.steps[i] == steps], steps)
+
+    def _update(self, indices: list[int], steps: int) -> None:
+        params = [self.params[i] for i in indices]
+        grads = [param.grad for param in params]
+        exp_avgs = [self.exp_avgs[i] for i in indices]
+        exp_avg_sqs = [self.exp_avg_sqs[i] for i in indices]
         beta1, beta2 = self.betas
-        step_sizes = [-self.lr / (1 - beta1 ** self.steps[i]) for i in active]
-        bias_corrections2_sqrt = [math.sqrt(1 - beta2 ** self.steps[i]) for i in active]
-        # One multi-tensor kernel per operation for all parameters, as torch.optim's foreach
-        # path does: a small network's step is dominated by per-call overhead.
         torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
         denoms = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denoms, bias_corrections2_sqrt)
+        torch._foreach_div_(denoms, math.sqrt(1 - beta2**steps))
         torch._foreach_add_(denoms, self.eps)
-        torch._foreach_addcdiv_(params, exp_avgs, denoms, step_sizes)
+        torch._foreach_addcdiv_(params, exp_avgs, denoms, -self.lr / (1 - beta1**steps))
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": list(self.steps), "exp_avgs": self.exp_avgs, "exp_avg_sqs": self.exp_avg_sqs}

@@ -49,9 +49,11 @@ class PPO(Algorithm):
                     advantages = normalize(advantages)
                 policy_loss, diagnostics = self.policy_loss(ratio, advantages, dist, minibatch)
                 value_loss = 0.5 * (values - minibatch.returns).pow(2).mean()
-                entropy = dist.entropy().mean()
+                # Without an entropy bonus it is a diagnostic: no autograd graph to record.
+                with torch.set_grad_enabled(bool(config.ent_coef)):
+                    entropy = dist.entropy().mean()
                 loss = policy_loss + config.vf_coef * value_loss
-                if config.ent_coef:  # with none, the backward pass has no entropy terms to walk
+                if config.ent_coef:
                     loss = loss - config.ent_coef * entropy
                 grad_norm = self.gradient_step(loss)
                 with torch.no_grad():
