@@ -221,7 +221,9 @@ class Trainer:
             self.start_episodes()
         # What the environments return is written through numpy views of the rollout's
         # tensors: numpy's per-call cost is a fraction of torch's on arrays this small.
-        rewards_, terminated_, dones_, valid_ = (x.numpy() for x in (rollout.rewards, rollout.terminated, rollout.dones, rollout.valid))
+        rewards_view, terminated_view, dones_view, valid_view = (
+            x.numpy() for x in (rollout.rewards, rollout.terminated, rollout.dones, rollout.valid)
+        )
         episode_returns: list[float] = []
         episode_lengths: list[float] = []
         with torch.inference_mode():
@@ -234,9 +236,9 @@ class Trainer:
                 rollout.actions[t] = actions
                 rollout.log_probs[t] = dist.log_prob(actions)
                 rollout.dist_params[t] = dist_params
-                rewards_[t], terminated_[t] = rewards, terminated
-                dones_[t] = dones = terminated | truncated
-                valid_[t] = valid = ~self.prev_dones & self.collecting
+                rewards_view[t], terminated_view[t] = rewards, terminated
+                dones_view[t] = dones = terminated | truncated
+                valid_view[t] = valid = ~self.prev_dones & self.collecting
                 self.prev_dones = dones
                 self.obs = torch.as_tensor(obs, dtype=torch.float32)
                 if "episode" in info:
@@ -246,12 +248,12 @@ class Trainer:
                 if whole_episodes:
                     self.collecting &= ~dones
                     if not self.collecting.any():
-                        valid_[t + 1:] = False
+                        valid_view[t + 1:] = False
                         break
             # The critic plays no part in acting: one batched call values the whole rollout.
-            rollout.values = policy.value(rollout.obs.flatten(0, 1)).view(rollout.values.shape)
+            rollout.values.copy_(policy.value(rollout.obs.flatten(0, 1)).view(rollout.values.shape))
             rollout.next_value = policy.value(self.obs)
-        self.global_step += int(valid_.sum())
+        self.global_step += int(valid_view.sum())
         self.recent_returns.extend(episode_returns)
         return episode_returns, episode_lengths
 
