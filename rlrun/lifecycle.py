@@ -54,6 +54,7 @@ def non_finite(policy: torch.nn.Module, stats: dict[str, float]) -> list[str]:
     """The losses and parameters that are NaN or infinite."""
     bad = [name for name, value in stats.items() if name.endswith("loss") and not math.isfinite(value)]
     names, params = zip(*policy.named_parameters())
-    # One kernel for every parameter: its largest magnitude is finite iff all its entries are.
-    peaks = torch.stack(torch._foreach_norm(params, math.inf)).tolist()
+    # One call for every parameter: its largest magnitude is finite iff all its entries are.
+    with torch.no_grad():
+        peaks = torch.stack(torch._foreach_norm(params, math.inf)).tolist()
     return bad + [name for name, peak in zip(names, peaks) if not math.isfinite(peak)]

@@ -1,4 +1,4 @@
-"""Adam, computed as `torch.optim.Adam(foreach=True)` computes it.
+"""Adam, computed as `torch.optim.Adam` computes it.
 
 Why not torch.optim itself: the first use of any `torch.optim` optimizer imports
 `torch._dynamo` (its methods are wrapped in `torch._disable_dynamo`), which costs about 1.1 s
@@ -8,7 +8,6 @@ beyond torch; tests/test_optim.py checks it step by step against torch.optim.Ada
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -36,13 +35,14 @@ class Adam:
         active = [i for i, param in enumerate(self.params) if param.grad is not None]
         for i in active:
             self.steps[i] += 1
-        # Parameters that share a step count share their bias corrections: one multi-tensor
-        # kernel per operation and group, as torch.optim's foreach path does (a small
-        # network's step is dominated by per-call overhead). Usually there is one group.
-        for steps in sorted({self.steps[i] for i in active}):
-            self._update([i for i in active if self.steps[i] == steps], steps)
+        # A small network's step costs Python and dispatch overhead, not arithmetic: one
+        # torch._foreach_* call per operation for all parameters that share a step count (and
+        # so their bias corrections) instead of one call per parameter. PPO has one such
+        # group; pg_baseline's separate policy and value steps make two.
+        for step in sorted({self.steps[i] for i in active}):
+            self._update([i for i in active if self.steps[i] == step], step)
 
-    def _update(self, indices: list[int], steps: int) -> None:
+    def _update(self, indices: list[int], step: int) -> None:
         params = [self.params[i] for i in indices]
         grads = [param.grad for param in params]
         exp_avgs = [self.exp_avgs[i] for i in indices]
@@ -52,14 +52,16 @@ class Adam:
         torch._foreach_mul_(exp_avg_sqs, beta2)
         torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
         denoms = torch._foreach_sqrt(exp_avg_sqs)
-        torch._foreach_div_(denoms, math.sqrt(1 - beta2**steps))
+        torch._foreach_div_(denoms, (1 - beta2**step) ** 0.5)  # ** 0.5 rounds as torch does
         torch._foreach_add_(denoms, self.eps)
-        torch._foreach_addcdiv_(params, exp_avgs, denoms, -self.lr / (1 - beta1**steps))
+        torch._foreach_addcdiv_(params, exp_avgs, denoms, -self.lr / (1 - beta1**step))
 
     def state_dict(self) -> dict[str, Any]:
         return {"steps": list(self.steps), "exp_avgs": self.exp_avgs, "exp_avg_sqs": self.exp_avg_sqs}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not len(state["steps"]) == len(state["exp_avgs"]) == len(state["exp_avg_sqs"]) == len(self.params):
+            raise ValueError(f"Adam state for {len(state['steps'])} parameters, this optimizer has {len(self.params)}")
         self.steps = list(state["steps"])
-        for mine, saved in zip(self.exp_avgs + self.exp_avg_sqs, state["exp_avgs"] + state["exp_avg_sqs"]):
+        for mine, saved in zip(self.exp_avgs + self.exp_avg_sqs, state["exp_avgs"] + state["exp_avg_sqs"], strict=True):
             mine.copy_(saved)

@@ -63,6 +63,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> float:
 def _checkpoint_to_resume(cfg: DictConfig) -> dict[str, Any]:
     config = to_object(cfg)
     checkpoint = load_checkpoint(Path(config.resume))
+    if "steps" not in checkpoint["algo"]["optimizer"]:
+        raise RLRunError(
+            f"Cannot resume {config.resume}: its checkpoint was written by an earlier rlrun whose "
+            f"optimizer state this version does not read. `rlrun eval {config.resume}` still works; "
+            "train further in a new run."
+        )
     saved, now = flatten(checkpoint["config"]), flatten(OmegaConf.to_container(cfg, resolve=True))
     changed = sorted(key for key in saved.keys() | now.keys() if saved.get(key) != now.get(key) and key not in RESUMABLE_CHANGES)
     if changed:
@@ -250,8 +256,10 @@ class Trainer:
                     if not self.collecting.any():
                         valid_view[t + 1:] = False
                         break
-            # The critic plays no part in acting: one batched call values the whole rollout.
-            rollout.values.copy_(policy.value(rollout.obs.flatten(0, 1)).view(rollout.values.shape))
+            # The critic plays no part in acting: one batched call values the whole rollout
+            # (the steps taken: a whole-episode rollout may end early).
+            filled = t + 1
+            rollout.values[:filled] = policy.value(rollout.obs[:filled].flatten(0, 1)).view(filled, -1)
             rollout.next_value = policy.value(self.obs)
         self.global_step += int(valid_view.sum())
         self.recent_returns.extend(episode_returns)

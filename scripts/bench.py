@@ -15,7 +15,7 @@ Measures, each in fresh processes, one at a time (after an untimed warm-up of ea
   each rlrun algorithm and SB3 PPO, with the peak resident memory of the process.
 - the limit: what the loop's parts cost alone at the default sizes (vector-env step, policy
   forward and sampling, one update), and the loop's overhead over their sum; and start-up:
-  the whole process of a run that trains one rollout and does not evaluate.
+  the whole process of a run with a one-rollout budget and no evaluation, minus its loop.
 Writes a markdown table into docs/benchmarks.md.
 """
 
@@ -190,8 +190,8 @@ def main() -> None:
         f"| sum | {floor * 1e3:.2f} |",
         f"| whole loop, measured (throughput runs) | {loop * 1e3:.2f} |",
         "", f"Overhead ratio (loop / sum of parts): {loop / floor:.2f}.", "",
-        "Start-up and exit, outside the loop (a whole process that trains one rollout and does not "
-        f"evaluate, minus its loop): {spread([r['seconds'] - r['wall_seconds'] for r in one_update])} s.",
+        "Start-up and exit, outside the loop (a whole process with a one-rollout budget, which takes two "
+        f"updates since reset steps do not count, and no evaluation, minus its loop): {spread([r['seconds'] - r['wall_seconds'] for r in one_update])} s.",
     ]
     print(write_section("speed", lines))
 

@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 
@@ -13,10 +14,12 @@ def _net() -> nn.Module:
     return nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 2))
 
 
+@pytest.mark.parametrize("foreach", [False, True])
 @pytest.mark.parametrize("lr, eps", [(1e-3, 1e-5), (3e-2, 1e-8)])
-def test_adam_matches_torch_optim_adam_step_for_step(lr, eps):
+def test_adam_matches_torch_optim_adam_bit_for_bit(lr, eps, foreach):
     ours, theirs = _net(), _net()
-    optimizer, reference = Adam(ours.parameters(), lr=lr, eps=eps), torch.optim.Adam(theirs.parameters(), lr=lr, eps=eps, foreach=True)
+    optimizer = Adam(ours.parameters(), lr=lr, eps=eps)
+    reference = torch.optim.Adam(theirs.parameters(), lr=lr, eps=eps, foreach=foreach)
     for step in range(60):
         x = torch.randn(32, 4, generator=torch.Generator().manual_seed(step))
         for net, opt in ((ours, optimizer), (theirs, reference)):
@@ -28,32 +31,46 @@ def test_adam_matches_torch_optim_adam_step_for_step(lr, eps):
             opt.step()
         if step == 25:  # a changed learning rate is used from the next step on
             optimizer.lr = reference.param_groups[0]["lr"] = lr / 3
-    for mine, ref in zip(ours.parameters(), theirs.parameters()):
-        torch.testing.assert_close(mine, ref, rtol=0, atol=1e-7)
+    for i, (mine, ref) in enumerate(zip(ours.parameters(), theirs.parameters())):
+        state = reference.state[ref]
+        assert torch.equal(mine, ref)
+        assert torch.equal(optimizer.exp_avgs[i], state["exp_avg"]) and torch.equal(optimizer.exp_avg_sqs[i], state["exp_avg_sq"])
+        assert optimizer.steps[i] == int(state["step"])
     assert optimizer.steps == [40, 40, 60, 60]
 
 
-def test_adam_state_round_trips():
-    net = _net()
-    optimizer = Adam(net.parameters(), lr=1e-2)
-    net(torch.ones(1, 4)).sum().backward()
-    optimizer.step()
-    restored = Adam(_net().parameters(), lr=1e-2)
+def test_a_restored_adam_steps_exactly_like_the_original():
+    def step(net, optimizer, seed):
+        optimizer.zero_grad()
+        net(torch.randn(8, 4, generator=torch.Generator().manual_seed(seed))).pow(2).sum().backward()
+        optimizer.step()
+
+    original = _net()
+    optimizer = Adam(original.parameters(), lr=1e-2)
+    for seed in range(3):
+        step(original, optimizer, seed)
+    copy = _net()
+    copy.load_state_dict(original.state_dict())
+    restored = Adam(copy.parameters(), lr=1e-2)
     restored.load_state_dict(optimizer.state_dict())
-    assert restored.steps == [1, 1, 1, 1]
-    for mine, saved in zip(restored.exp_avg_sqs, optimizer.exp_avg_sqs):
-        assert torch.equal(mine, saved) and mine is not saved
+    for seed in range(3, 6):
+        step(original, optimizer, seed)
+        step(copy, restored, seed)
+    assert all(torch.equal(a, b) for a, b in zip(original.parameters(), copy.parameters()))
+    with pytest.raises(ValueError, match="state for 4 parameters, this optimizer has 2"):
+        Adam(nn.Linear(4, 2).parameters(), lr=1e-2).load_state_dict(optimizer.state_dict())
 
 
-def test_training_does_not_import_torch_dynamo():
-    """torch.optim imports torch._dynamo on first use (about a second); rlrun must not."""
+def test_training_does_not_import_torch_dynamo(tmp_path):
+    """torch.optim imports torch._dynamo on first use (about a second); a PPO run must not."""
     code = (
-        "import sys, tempfile\n"
+        "import sys\n"
         "from rlrun.cli import main\n"
-        "sys.argv = ['rlrun', 'train', 'total_timesteps=256', 'algo.rollout_steps=16', 'eval_episodes=1', "
-        "f'hydra.run.dir={tempfile.mkdtemp()}']\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        f"sys.argv = ['rlrun', 'train', 'total_timesteps=256', 'env.num_envs=8', 'algo.rollout_steps=16', "
+        f"'eval_episodes=1', 'hydra.run.dir={tmp_path}']\n"
+        "try:\n    main()\nexcept SystemExit as exit_:\n    assert not exit_.code, exit_.code\n"
         "assert 'torch' in sys.modules and 'torch._dynamo' not in sys.modules, 'dynamo imported'\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"

@@ -49,12 +49,10 @@ class PPO(Algorithm):
                     advantages = normalize(advantages)
                 policy_loss, diagnostics = self.policy_loss(ratio, advantages, dist, minibatch)
                 value_loss = 0.5 * (values - minibatch.returns).pow(2).mean()
-                # Without an entropy bonus it is a diagnostic: no autograd graph to record.
+                # Without an entropy bonus it is a diagnostic: no autograd graph to record or walk.
                 with torch.set_grad_enabled(bool(config.ent_coef)):
                     entropy = dist.entropy().mean()
-                loss = policy_loss + config.vf_coef * value_loss
-                if config.ent_coef:
-                    loss = loss - config.ent_coef * entropy
+                loss = policy_loss - config.ent_coef * entropy + config.vf_coef * value_loss
                 grad_norm = self.gradient_step(loss)
                 with torch.no_grad():
                     # k3 estimator of KL(pi_old || pi_theta): unbiased, always >= 0.
