@@ -37,8 +37,8 @@ class Adam:
             self.steps[i] += 1
         # A small network's step costs Python and dispatch overhead, not arithmetic: one
         # torch._foreach_* call per operation for all parameters that share a step count (and
-        # so their bias corrections) instead of one call per parameter. PPO has one such
-        # group; pg_baseline's separate policy and value steps make two.
+        # so their bias corrections) instead of one call per parameter. In rlrun's algorithms
+        # every step is one group: pg_baseline's policy and value steps each move one network.
         for step in sorted({self.steps[i] for i in active}):
             self._update([i for i in active if self.steps[i] == step], step)
 
