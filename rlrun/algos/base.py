@@ -29,9 +29,8 @@ class Algorithm:
     def __init__(self, config: OptimConfig, policy: ActorCritic):
         self.config = config
         self.policy = policy
-        self.params = list(policy.parameters())
         # eps=1e-5 as in the PPO reference implementations (baselines, CleanRL).
-        self.optimizer = Adam(self.params, lr=config.lr, eps=1e-5)
+        self.optimizer = Adam(policy.parameters(), lr=config.lr, eps=1e-5)
 
     @classmethod
     def needs_critic(cls, config: OptimConfig) -> bool:
@@ -60,7 +59,7 @@ class Algorithm:
         self.optimizer.zero_grad()
         loss.backward()
         max_norm = self.config.max_grad_norm
-        grad_norm = nn.utils.clip_grad_norm_(self.params, math.inf if max_norm is None else max_norm)
+        grad_norm = nn.utils.clip_grad_norm_(self.optimizer.params, math.inf if max_norm is None else max_norm)
         self.optimizer.step()
         return grad_norm
 
