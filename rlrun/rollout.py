@@ -30,9 +30,12 @@ class Batch:
     def minibatches(self, num_minibatches: int) -> Iterator[Batch]:
         """A random partition into `num_minibatches` near-equal parts (torch's global RNG);
         fewer when the batch has fewer samples than that."""
-        for index in torch.randperm(len(self)).tensor_split(num_minibatches):
-            if len(index):
-                yield self[index]
+        # One gather per field, then views: half the indexing ops of gathering every part.
+        shuffled = self[torch.randperm(len(self))]
+        parts = [getattr(shuffled, f.name).tensor_split(num_minibatches) for f in fields(self)]
+        for tensors in zip(*parts):
+            if len(tensors[0]):
+                yield Batch(*tensors)
 
 
 class Rollout:

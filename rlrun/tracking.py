@@ -7,6 +7,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
@@ -40,9 +41,11 @@ class RunTracker:
         self.progress.stop()
         self.writer.close()  # flushes
 
-    def scalars(self, prefix: str, values: dict[str, float], step: int) -> None:
-        for key, value in values.items():
-            self.writer.add_scalar(f"{prefix}/{key}", value, step)
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        """Log `{tag: value}` at `step` as one event: TensorBoard reads every value of an event
+        as a point of its own tag, and one event per update costs a twentieth of one per scalar."""
+        summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value)) for tag, value in values.items()])
+        self.writer.file_writer.add_summary(summary, step)
 
     def advance(self, step: int, sps: float, recent_return: float, kl: float) -> None:
         self.progress.update(self.task, completed=step, sps=sps, ret=recent_return, kl=kl)

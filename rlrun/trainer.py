@@ -21,7 +21,7 @@ from rich.console import Console
 from torch.distributions import Distribution
 
 from rlrun.algos import algorithm_class
-from rlrun.algos.base import mean_kl
+from rlrun.algos.base import policy_change
 from rlrun.checkpoint import load_checkpoint, record_failure, save_checkpoint, write_summary
 from rlrun.config import Config, flatten, to_object
 from rlrun.envs import (
@@ -191,16 +191,15 @@ class Trainer:
         self.check_finite(stats)
         stats["learning_rate"] = lr
         sps = (self.global_step - start_step) / (time.perf_counter() - start_time)
-        tracker.scalars("train", stats, self.global_step)
-        tracker.scalars("perf", {"sps": sps}, self.global_step)
+        scalars = {f"train/{key}": value for key, value in stats.items()}
+        scalars["perf/sps"] = sps
         if episode_returns:
-            tracker.scalars("rollout", {
-                "episodic_return": float(np.mean(episode_returns)),
-                "episodic_length": float(np.mean(episode_lengths)),
-            }, self.global_step)
+            scalars["rollout/episodic_return"] = float(np.mean(episode_returns))
+            scalars["rollout/episodic_length"] = float(np.mean(episode_lengths))
         recent = float(np.mean(self.recent_returns)) if self.recent_returns else math.nan
         if self.recent_returns:
-            tracker.scalars("rollout", {"recent_return": recent}, self.global_step)
+            scalars["rollout/recent_return"] = recent
+        tracker.scalars(scalars, self.global_step)
         tracker.advance(self.global_step, sps, recent, stats["kl"])
         if config.eval_interval and self.global_step >= self.next_eval_step:
             self.evaluate_and_log(tracker)
@@ -233,14 +232,14 @@ class Trainer:
         episode_returns: list[float] = []
         episode_lengths: list[float] = []
         with torch.inference_mode():
+            # The randomness of every action in the rollout, drawn in one call.
+            noise = policy.head.noise((rollout.steps, self.envs.num_envs))
             for t in range(rollout.steps):
                 dist_params = policy.actor(self.obs)
-                dist = policy.distribution(dist_params)
-                actions = dist.sample()
+                actions = policy.head.sample(dist_params, noise[t])
                 obs, rewards, terminated, truncated, info = self.envs.step(policy.head.to_env(actions))
                 rollout.obs[t] = self.obs
                 rollout.actions[t] = actions
-                rollout.log_probs[t] = dist.log_prob(actions)
                 rollout.dist_params[t] = dist_params
                 rewards_view[t], terminated_view[t] = rewards, terminated
                 dones_view[t] = dones = terminated | truncated
@@ -256,9 +255,10 @@ class Trainer:
                     if not self.collecting.any():
                         valid_view[t + 1:] = False
                         break
-            # The critic plays no part in acting: one batched call values the whole rollout
-            # (the steps taken: a whole-episode rollout may end early).
+            # Neither the critic nor log pi(a|s) plays a part in acting: one batched call each
+            # over the steps taken (a whole-episode rollout may end early).
             filled = t + 1
+            rollout.log_probs[:filled] = policy.distribution(rollout.dist_params[:filled]).log_prob(rollout.actions[:filled])
             rollout.values[:filled] = policy.value(rollout.obs[:filled].flatten(0, 1)).view(filled, -1)
             rollout.next_value = policy.value(self.obs)
         self.global_step += int(valid_view.sum())
@@ -269,8 +269,8 @@ class Trainer:
         advantages, returns = self.algo.advantages(self.rollout)
         batch = self.rollout.batch(advantages, returns)
         stats = self.algo.update(batch)
-        if "kl" not in stats:  # how far this update moved the policy, unless the algorithm measured it
-            stats["kl"] = mean_kl(self.policy, batch).item()
+        if "kl" not in stats:  # unless the algorithm measured it for its own update rule
+            stats.update(policy_change(self.policy, batch))
         if self.policy.critic is not None:
             stats["explained_variance"] = explained_variance(batch.old_values, batch.returns)
         return stats
@@ -282,7 +282,7 @@ class Trainer:
             self.policy, self.config.env, self.config.eval_episodes, self.config.seed + EVAL_SEED_OFFSET,
             obs_stats=normalizer_stats(self.envs).get("obs"),
         )
-        tracker.scalars("eval", {"episodic_return": float(returns.mean())}, self.global_step)
+        tracker.scalars({"eval/episodic_return": float(returns.mean())}, self.global_step)
         log.info("step %d: eval return %.1f +- %.1f", self.global_step, returns.mean(), returns.std())
         return returns
 

@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from rlrun.optim import Adam
+from rlrun.optim import Adam, clip_grad_norm_
 
 
 def _net() -> nn.Module:
@@ -37,6 +38,21 @@ def test_adam_matches_torch_optim_adam_bit_for_bit(lr, eps, foreach):
         assert torch.equal(optimizer.exp_avgs[i], state["exp_avg"]) and torch.equal(optimizer.exp_avg_sqs[i], state["exp_avg_sq"])
         assert optimizer.steps[i] == int(state["step"])
     assert optimizer.steps == [40, 40, 60, 60]
+
+
+@pytest.mark.parametrize("max_norm", [0.05, 1e3, math.inf])
+def test_clip_grad_norm_matches_torch_bit_for_bit(max_norm):
+    ours, theirs = _net(), _net()
+    for net in (ours, theirs):
+        net(torch.randn(32, 4, generator=torch.Generator().manual_seed(1))).pow(2).mean().backward()
+    ours[0].bias.grad = None  # skipped, as torch skips it
+    theirs[0].bias.grad = None
+    norm = clip_grad_norm_(list(ours.parameters()), max_norm)
+    reference = nn.utils.clip_grad_norm_(theirs.parameters(), max_norm)
+    assert torch.equal(norm, reference)
+    assert (norm > 0.05) and (max_norm > 1 or norm > max_norm)  # the small bound really clips
+    for mine, ref in zip(ours.parameters(), theirs.parameters()):
+        assert (mine.grad is None and ref.grad is None) or torch.equal(mine.grad, ref.grad)
 
 
 def test_a_restored_adam_steps_exactly_like_the_original():

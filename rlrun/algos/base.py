@@ -6,12 +6,11 @@ import math
 from typing import Any
 
 import torch
-from torch import nn
 from torch.distributions import kl_divergence
 from torch.func import functional_call, grad, vmap
 
 from rlrun.config import OptimConfig
-from rlrun.optim import Adam
+from rlrun.optim import Adam, clip_grad_norm_
 from rlrun.policies import ActorCritic
 from rlrun.rollout import Batch, Rollout
 
@@ -59,7 +58,7 @@ class Algorithm:
         self.optimizer.zero_grad()
         loss.backward()
         max_norm = self.config.max_grad_norm
-        grad_norm = nn.utils.clip_grad_norm_(self.optimizer.params, math.inf if max_norm is None else max_norm)
+        grad_norm = clip_grad_norm_(self.optimizer.params, math.inf if max_norm is None else max_norm)
         self.optimizer.step()
         return grad_norm
 
@@ -69,12 +68,13 @@ def normalize(advantages: torch.Tensor) -> torch.Tensor:
     return (advantages - advantages.mean()) / (advantages.std(unbiased=False) + 1e-8)
 
 
-def mean_kl(policy: ActorCritic, batch: Batch) -> torch.Tensor:
-    """Exact mean KL(pi_old || pi_theta) over the batch, pi_old as stored at collection."""
+def policy_change(policy: ActorCritic, batch: Batch) -> dict[str, float]:
+    """Where an update left the policy, over the batch's states: the exact mean
+    KL(pi_old || pi_theta), pi_old as stored at collection, and the mean entropy of pi_theta."""
     with torch.no_grad():
         old = policy.distribution(batch.old_dist_params)
         new = policy.distribution(policy.actor(batch.obs))
-        return kl_divergence(old, new).mean()
+        return {"kl": kl_divergence(old, new).mean().item(), "entropy": new.entropy().mean().item()}
 
 
 def score_function_variance(policy: ActorCritic, batch: Batch, advantages: torch.Tensor, max_samples: int = 1024) -> float:

@@ -42,10 +42,7 @@ class PG(Algorithm):
         policy_loss = policy_gradient_loss(dist.log_prob(batch.actions), advantages, num_episodes=batch.dones.sum())
         grad_var = score_function_variance(self.policy, batch, advantages)
         grad_norm = self.gradient_step(policy_loss)
-        return {
-            "policy_loss": policy_loss.item(), "entropy": dist.entropy().mean().item(),
-            "grad_norm": grad_norm.item(), "grad_var": grad_var,
-        }
+        return {"policy_loss": policy_loss.item(), "grad_norm": grad_norm.item(), "grad_var": grad_var}
 
 
 def policy_gradient_loss(log_probs: torch.Tensor, advantages: torch.Tensor, num_episodes: torch.Tensor) -> torch.Tensor:

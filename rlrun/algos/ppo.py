@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch.distributions import Distribution, kl_divergence
 
-from rlrun.algos.base import Algorithm, mean_kl, normalize
+from rlrun.algos.base import Algorithm, normalize, policy_change
 from rlrun.config import PPOClipConfig, PPOConfig, PPOKLConfig
 from rlrun.returns import gae
 from rlrun.rollout import Batch, Rollout
@@ -49,17 +49,16 @@ class PPO(Algorithm):
                     advantages = normalize(advantages)
                 policy_loss, diagnostics = self.policy_loss(ratio, advantages, dist, minibatch)
                 value_loss = 0.5 * (values - minibatch.returns).pow(2).mean()
-                # Without an entropy bonus it is a diagnostic: no autograd graph to record or walk.
-                with torch.set_grad_enabled(bool(config.ent_coef)):
-                    entropy = dist.entropy().mean()
-                loss = policy_loss - config.ent_coef * entropy + config.vf_coef * value_loss
+                loss = policy_loss + config.vf_coef * value_loss
+                if config.ent_coef:  # the bonus; train/entropy is measured once, after the update
+                    loss = loss - config.ent_coef * dist.entropy().mean()
                 grad_norm = self.gradient_step(loss)
                 with torch.no_grad():
                     # k3 estimator of KL(pi_old || pi_theta): unbiased, always >= 0.
                     approx_kl = ((ratio - 1) - log_ratio).mean()
                 epoch_kls.append(approx_kl)
                 step_stats = {
-                    "policy_loss": policy_loss, "value_loss": value_loss, "entropy": entropy,
+                    "policy_loss": policy_loss, "value_loss": value_loss,
                     "approx_kl": approx_kl, "grad_norm": grad_norm, "ratio_mean": ratio.mean(),
                     "ratio_min": ratio.min(), "ratio_max": ratio.max(), **diagnostics,
                 }
@@ -136,7 +135,7 @@ class PPOKL(PPO):
     def update(self, batch: Batch) -> dict[str, float]:
         stats = super().update(batch)
         stats["kl_beta"] = self.kl_beta  # the beta this update used
-        stats["kl"] = mean_kl(self.policy, batch).item()  # d of the rule; the trainer logs it as is
+        stats.update(policy_change(self.policy, batch))  # its kl is d of the rule; logged as is
         if self.config.adaptive:
             self.kl_beta = adapt_kl_beta(self.kl_beta, stats["kl"], self.config.kl_target)
         return stats
