@@ -55,7 +55,9 @@ class CategoricalHead(nn.Module):
     def sample(self, params: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The Gumbel-max trick: argmax(logits + Gumbel noise) ~ Categorical(logits), as
         jax.random.categorical samples. Two tensor ops per step, with the noise of a whole
-        rollout drawn at once, where `distribution(params).sample()` costs six times more."""
+        rollout drawn at once; `distribution(params).sample()` costs several times more.
+        Torch's one-sample multinomial takes argmax(p / E) of the same Exp(1) draws, so for
+        one generator state the actions are the ones it would pick."""
         return (params + noise).argmax(-1)
 
     def to_env(self, actions: torch.Tensor) -> np.ndarray:

@@ -56,11 +56,12 @@ class PPO(Algorithm):
                 with torch.no_grad():
                     # k3 estimator of KL(pi_old || pi_theta): unbiased, always >= 0.
                     approx_kl = ((ratio - 1) - log_ratio).mean()
+                    ratio_min, ratio_max = torch.aminmax(ratio)
                 epoch_kls.append(approx_kl)
                 step_stats = {
                     "policy_loss": policy_loss, "value_loss": value_loss,
                     "approx_kl": approx_kl, "grad_norm": grad_norm, "ratio_mean": ratio.mean(),
-                    "ratio_min": ratio.min(), "ratio_max": ratio.max(), **diagnostics,
+                    "ratio_min": ratio_min, "ratio_max": ratio_max, **diagnostics,
                 }
                 for key, value in step_stats.items():
                     history.setdefault(key, []).append(value.detach())
