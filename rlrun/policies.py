@@ -48,17 +48,14 @@ class CategoricalHead(nn.Module):
     def distribution(self, params: torch.Tensor) -> Distribution:
         return Categorical(logits=params)
 
-    def noise(self, shape: tuple[int, ...]) -> torch.Tensor:
-        """Standard Gumbel noise for `sample`: -log E with E ~ Exp(1), one per logit."""
-        return torch.empty(shape + (self.num_params,)).exponential_().log_().neg_()
-
-    def sample(self, params: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The Gumbel-max trick: argmax(logits + Gumbel noise) ~ Categorical(logits), as
-        jax.random.categorical samples. Two tensor ops per step, with the noise of a whole
-        rollout drawn at once; `distribution(params).sample()` costs several times more.
-        Torch's one-sample multinomial takes argmax(p / E) of the same Exp(1) draws, so for
-        one generator state the actions are the ones it would pick."""
-        return (params + noise).argmax(-1)
+    def sample(self, params: torch.Tensor) -> torch.Tensor:
+        """The Gumbel-max trick: argmax(logits + G), G = -log E with E ~ Exp(1) per logit, is
+        distributed as Categorical(logits) (jax.random.categorical samples so): four small
+        tensor ops, where `distribution(params).sample()` costs several times more. Torch's
+        one-sample multinomial takes argmax(p / E) of the same Exp(1) draws, so for one
+        generator state the actions are the ones it would pick."""
+        gumbel = torch.empty_like(params).exponential_().log_().neg_()
+        return (params + gumbel).argmax(-1)
 
     def to_env(self, actions: torch.Tensor) -> np.ndarray:
         return actions.numpy()
@@ -92,14 +89,8 @@ class GaussianHead(nn.Module):
         mean, log_std = params.chunk(2, dim=-1)
         return Independent(Normal(mean, log_std.exp()), 1)
 
-    def noise(self, shape: tuple[int, ...]) -> torch.Tensor:
-        """Standard normal noise for `sample`, one per action dimension."""
-        return torch.randn(shape + self.action_shape)
-
-    def sample(self, params: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """mean + sigma * noise ~ N(mean, diag(sigma^2)), as `distribution(params).sample()`."""
-        mean, log_std = params.chunk(2, dim=-1)
-        return mean + log_std.exp() * noise
+    def sample(self, params: torch.Tensor) -> torch.Tensor:
+        return self.distribution(params).sample()
 
     def to_env(self, actions: torch.Tensor) -> np.ndarray:
         return actions.clamp(self.low, self.high).numpy()

@@ -232,11 +232,9 @@ class Trainer:
         episode_returns: list[float] = []
         episode_lengths: list[float] = []
         with torch.inference_mode():
-            # The randomness of every action in the rollout, drawn in one call.
-            noise = policy.head.noise((rollout.steps, self.envs.num_envs))
             for t in range(rollout.steps):
                 dist_params = policy.actor(self.obs)
-                actions = policy.head.sample(dist_params, noise[t])
+                actions = policy.head.sample(dist_params)
                 obs, rewards, terminated, truncated, info = self.envs.step(policy.head.to_env(actions))
                 rollout.obs[t] = self.obs
                 rollout.actions[t] = actions

@@ -118,14 +118,15 @@ def limit() -> dict:
         for _ in range(steps * 20):
             envs.step(actions)
         env_seconds = (time.perf_counter() - start) / 20
-        obs, all_obs = trainer.obs, trainer.rollout.obs.flatten(0, 1)
+        obs, rollout = trainer.obs, trainer.rollout
         start = time.perf_counter()
         for _ in range(20):
             with torch.inference_mode():
                 for _ in range(steps):  # acting: the actor and a sample, every step
-                    dist = policy.distribution(policy.actor(obs))
-                    dist.log_prob(dist.sample())
-                policy.value(all_obs)  # the critic: once per rollout, batched
+                    policy.head.sample(policy.actor(obs))
+                # once per rollout, batched: log pi(a|s) and the critic
+                policy.distribution(rollout.dist_params).log_prob(rollout.actions)
+                policy.value(rollout.obs.flatten(0, 1))
         forward_seconds = (time.perf_counter() - start) / 20
         update_seconds = 0.0
         for _ in range(10):  # each on fresh data: target_kl would cut a repeated update short

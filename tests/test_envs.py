@@ -54,24 +54,18 @@ def test_gaussian_head_matches_torch_distributions():
     assert torch.equal(dist.mode, mean)
 
 
-def test_heads_sample_their_own_distribution():
-    """Acting samples with pre-drawn noise (Gumbel-max, mean + sigma * noise); the samples
-    must follow distribution(params) exactly: frequencies and moments over 200k draws."""
+def test_categorical_head_samples_its_own_distribution():
+    """Acting samples by Gumbel-max, not through torch.distributions: the frequencies of
+    200k draws must match softmax(logits)."""
     torch.manual_seed(0)
     draws = 200_000
     head = CategoricalHead(gym.spaces.Discrete(3))
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
-    actions = head.sample(logits, head.noise((draws, 2)))
+    actions = head.sample(logits.repeat(draws, 1, 1))
     assert actions.shape == (draws, 2) and actions.dtype == head.action_dtype
     for row in range(2):
         frequencies = torch.bincount(actions[:, row], minlength=3) / draws
-        assert torch.allclose(frequencies, logits[row].softmax(-1), atol=4e-3), frequencies  # > 5 sd of the error
-    head = GaussianHead(gym.spaces.Box(-2.0, 2.0, (2,)), log_std_init=-0.5)
-    params = head(torch.tensor([[0.3, -1.0]]))
-    actions = head.sample(params, head.noise((draws, 1)))
-    assert actions.shape == (draws, 1, 2)
-    assert torch.allclose(actions.mean(0), torch.tensor([[0.3, -1.0]]), atol=0.01)
-    assert torch.allclose(actions.std(0), torch.full((1, 2), np.exp(-0.5)), atol=0.01)
+        assert torch.allclose(frequencies, logits[row].softmax(-1), atol=4e-3), frequencies  # > 3.5 sd
 
 
 def test_clipping_for_the_env_leaves_stored_actions_and_log_probs_alone(tmp_path):
