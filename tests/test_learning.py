@@ -20,7 +20,7 @@ def _train(tmp_path, *overrides):
 
 
 def test_default_ppo_clip_solves_cartpole(tmp_path):
-    """`rlrun train` with defaults: PPO-clip, CartPole-v1, 50k steps (about 3.5 s)."""
+    """`rlrun train` with defaults: PPO-clip, CartPole-v1, 50k steps (about 3 s)."""
     assert _train(tmp_path, "seed=1")["eval_return_mean"] >= 475
 
 
