@@ -28,7 +28,7 @@ class Adam:
     def __init__(self, params: Iterable[torch.Tensor], lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8):
         self.params = [param for param in params if param.requires_grad]
         self.lr, self.betas, self.eps = lr, betas, eps
-        self.steps = [torch.zeros(()) for _ in self.params]  # float32, as torch keeps them
+        self.steps = [torch.zeros((), dtype=torch.float32) for _ in self.params]  # as torch keeps them
         self.exp_avgs = [torch.zeros_like(param) for param in self.params]
         self.exp_avg_sqs = [torch.zeros_like(param) for param in self.params]
 
@@ -39,6 +39,8 @@ class Adam:
     @torch.no_grad()
     def step(self) -> None:
         active = [i for i, param in enumerate(self.params) if param.grad is not None]
+        if not active:
+            return
         steps = [self.steps[i] for i in active]
         torch._foreach_add_(steps, 1)
         beta1, beta2 = self.betas
@@ -65,6 +67,8 @@ def clip_grad_norm_(params: list[torch.Tensor], max_norm: float) -> torch.Tensor
     """Scale the gradients of `params` so that their global L2 norm is at most `max_norm`;
     return the norm before scaling. Parameters without a gradient are skipped."""
     grads = [param.grad for param in params if param.grad is not None]
+    if not grads:
+        return torch.zeros(())
     total_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     torch._foreach_mul_(grads, (max_norm / (total_norm + 1e-6)).clamp(max=1.0))
     return total_norm

@@ -43,8 +43,9 @@ def gae(
 def _discounted_sums(terms: torch.Tensor, decay: torch.Tensor) -> torch.Tensor:
     """out[t] = terms[t] + decay[t] * out[t + 1], out[T] = 0, along the time axis.
 
-    Step by step in numpy, on views of the tensors: a call on a row of N values costs a
-    fraction of a torch call, and the loop makes a few per step.
+    Step by step in numpy, on views of the tensors (CPU, outside autograd, as rollouts are):
+    a call on a row of N values costs a fraction of a torch call, and the loop makes a few
+    per step.
     """
     out = torch.empty_like(terms)
     terms_np, decay_np, out_np = terms.numpy(), decay.numpy(), out.numpy()

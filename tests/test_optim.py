@@ -89,3 +89,14 @@ def test_training_does_not_import_torch_dynamo(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_step_without_gradients_changes_nothing():
+    """As torch's: no gradient at all is a no-op for Adam and a zero norm for clipping."""
+    net = _net()
+    before = [param.clone() for param in net.parameters()]
+    optimizer = Adam(net.parameters(), lr=1e-2)
+    optimizer.step()
+    assert torch.equal(clip_grad_norm_(list(net.parameters()), 1.0), torch.zeros(()))
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    assert optimizer.state_dict()["steps"] == [0, 0, 0, 0]
