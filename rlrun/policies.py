@@ -50,7 +50,7 @@ class CategoricalHead(nn.Module):
 
     def sample(self, params: torch.Tensor) -> torch.Tensor:
         """The Gumbel-max trick: argmax(logits + G), G = -log E with E ~ Exp(1) per logit, is
-        distributed as Categorical(logits) (jax.random.categorical samples so): four small
+        distributed as Categorical(logits) (jax.random.categorical samples so): six small
         tensor ops, where `distribution(params).sample()` costs several times more. Torch's
         one-sample multinomial takes argmax(p / E) of the same Exp(1) draws, so for one
         generator state the actions are the ones it would pick."""
