@@ -7,9 +7,13 @@ rlrun refuses, 1 for a run that failed, 128 + signal for an interrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import gc
 import importlib.util
+import os
+import re
+import shutil
 import signal
 import sys
 import time
@@ -21,7 +25,7 @@ import hydra
 import typer
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 from rich.markup import escape
 
@@ -37,9 +41,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-register_schemas()
 stderr = Console(stderr=True)
 _job_started = False  # whether Hydra got as far as running a job
+_new_run_dirs: set[Path] = set()  # run directories this process created (a refusal removes them)
 
 
 @app.callback()
@@ -52,20 +56,32 @@ def _train_job(cfg: DictConfig) -> float:
     """One Hydra job: train in the job's run directory, return the final evaluation return."""
     global _job_started
     _job_started = True
-    from rlrun.trainer import train  # torch loads only when something trains
+    from rlrun.lifecycle import StopSignals
 
-    if not gc.get_freeze_count():
-        # The hundreds of thousands of objects torch's import made live as long as the
-        # process: leave them out of every garbage collection, including the one at exit
-        # (0.3 s). Only once: in a sweep, a later freeze would also pin the earlier jobs'
-        # garbage for good.
-        gc.freeze()
-    try:
-        return train(cfg, HydraConfig.get().runtime.output_dir)
-    except RLRunError as err:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # Hydra reports it, marks this job failed and runs the sweep's other jobs
-        _exit_with(err)
+    with StopSignals() as signals:  # before torch's import: a stop during start-up is clean too
+        from rlrun.trainer import train
+
+        if not gc.get_freeze_count():
+            # The hundreds of thousands of objects torch's import made live as long as the
+            # process: leave them out of every garbage collection, including the one at exit.
+            # Only once: in a sweep, a later freeze would also pin the earlier jobs' garbage.
+            gc.freeze()
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+        try:
+            return train(cfg, run_dir, signals)
+        except RLRunError as err:
+            if HydraConfig.get().mode == RunMode.MULTIRUN:
+                raise  # Hydra reports it, marks this job failed and runs the sweep's other jobs
+            if err.exit_code == 2 and run_dir.resolve() in _new_run_dirs:
+                _remove_new_run_dir(run_dir)
+            _exit_with(err)
+
+
+def _remove_new_run_dir(run_dir: Path) -> None:
+    """Refused before training: leave no run behind (nor the date directory it was the first of)."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        run_dir.parent.rmdir()  # only if empty
 
 
 @app.command(
@@ -82,9 +98,12 @@ def train(ctx: typer.Context) -> None:
     `rlrun train -m seed=1,2,3` (a sweep), `rlrun train --cfg job` (print the config),
     `rlrun train resume=RUN_DIR` (continue an interrupted run), `rlrun train --help`.
     """
+    from rlrun.algos import config_classes
+
+    register_schemas(config_classes())
     try:
-        args = _resume_arguments(list(ctx.args))
-        _check_group_choices(args)
+        args = _integral_floats(_resume_arguments(list(ctx.args)))
+        args = _check_overrides(args)
     except RLRunError as err:
         _exit_with(err)
     sys.argv = [f"{sys.argv[0]} train", *args]
@@ -131,23 +150,34 @@ def plot(
     sweep_dir: Path = typer.Argument(..., help="A sweep (or any) directory holding runs."),
     group_by: str = typer.Option("algo", help="Config key whose value names a curve: algo, env, algo.lr, ..."),
     x: str = typer.Option("steps", help="x axis: steps or seconds."),
-    output: Path = typer.Option(Path("curves.png"), "-o", "--output", help="PNG file to write."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="PNG file to write (default: SWEEP_DIR/curves.png)."),
 ) -> None:
-    """Plot mean training return and a 95% bootstrap band across the runs of each group."""
+    """Plot mean training return and a 95% bootstrap band across the runs of each group.
+
+    Titled with the environment id(s) and the sweep; one panel per environment when the runs
+    span several (returns of different tasks are never averaged). A group's curve runs to the
+    end of its longest run: solid where all its runs have data, dashed where only some do
+    (the mean and band are then over the runs still going), and a note says where its runs
+    end when they end more than 5% apart. Runs with damaged files are listed and left out.
+    """
     from rlrun import analysis
 
+    output = sweep_dir / "curves.png" if output is None else output
     try:
         if x not in ("steps", "seconds"):
             raise RLRunError(f"--x must be steps or seconds, got {x!r}.")
-        groups = analysis.group_runs(analysis.find_runs(sweep_dir), group_by)
-        notes = analysis.plot_curves(groups, x, output, title=f"{sweep_dir.name} by {group_by}")
+        groups = analysis.group_runs(_readable_runs(sweep_dir), group_by)
+        sweep_name = "/".join(sweep_dir.resolve().parts[-2:])  # Hydra names sweeps <date>/<time>
+        notes = analysis.plot_curves(groups, x, output, title=f"sweep {sweep_name}, by {group_by}")
     except RLRunError as err:
         _exit_with(err)
     except ImportError as err:
         _exit_with(RLRunError(f"Plotting needs matplotlib ({err}): pip install 'rlrun[plot]'."))
+    except OSError as err:
+        _exit_with(RLRunError(f"Cannot write {output}: {err.strerror or err}."))
     for note in notes:
-        stderr.print(f"note: {escape(note)}", highlight=False)
-    Console().print(f"wrote {output} ({len(groups)} groups)", highlight=False)
+        stderr.print(f"note: {note}", markup=False, highlight=False, soft_wrap=True)
+    Console().print(f"wrote {output} ({len(groups)} groups)", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -155,52 +185,169 @@ def summary(
     sweep_dir: Path = typer.Argument(..., help="A sweep (or any) directory holding runs."),
     group_by: str = typer.Option("algo", help="Config key to group runs by."),
     threshold: Optional[float] = typer.Option(None, help="Return to reach (default: the environment's Gymnasium reward threshold)."),
+    per_run: bool = typer.Option(False, "--runs", help="One row per run, best final evaluation return first, instead of one per group."),
 ) -> None:
-    """Tabulate a sweep per group: final returns, time to a threshold, failed runs.
+    """Tabulate a sweep per group (or, with --runs, per run): final returns, time to a threshold.
 
-    Per group: final evaluation return (mean, std and IQM over the completed runs), env steps
-    and seconds until the last 20 training episodes averaged the threshold (median over the
-    runs that reached it), failed and still-running runs.
+    Per group: runs completed, final evaluation return (mean ± std and IQM over the completed
+    runs), runs that reached the threshold, and the median env steps and seconds until the
+    last 20 training episodes first averaged it. With --runs, per run, ranked by final
+    evaluation return (runs that did not complete last): the values the sweep varied, final
+    and recent training return, steps and seconds to the threshold, status and directory
+    (listed below the table by rank when the terminal is too narrow for it). Below the
+    table: failed runs with their error, dead runs (killed before they finished) and
+    interrupted ones with the command that resumes them, the count still running, and for an
+    Optuna sweep the best trial's run directory. Runs with damaged files are listed and left
+    out.
     """
-    from rich.table import Table
-
     from rlrun import analysis
 
     try:
-        runs = analysis.find_runs(sweep_dir)
-        groups = analysis.group_runs(runs, group_by)
+        runs = _readable_runs(sweep_dir)
+        groups = {} if per_run else analysis.group_runs(runs, group_by)
     except RLRunError as err:
         _exit_with(err)
     threshold = analysis.default_threshold(runs) if threshold is None else threshold
-    table = Table(title=f"{sweep_dir} by {group_by}" + (f", threshold {threshold:g}" if threshold is not None else ""))
-    for column in ("group", "runs", "final return", "IQM", "reached", "steps to threshold", "s to threshold", "failed", "running"):
-        table.add_column(column, justify="left" if column in ("group", "failed") else "right")
-    number = lambda value, spec: "-" if value is None else format(value, spec)  # noqa: E731
-    for row in analysis.summary_rows(groups, threshold):
-        final = "-" if row["final_mean"] is None else f"{row['final_mean']:.1f} ± {row['final_std']:.1f} (n={row['completed']})"
-        table.add_row(
-            row["group"], str(row["runs"]), final, number(row["final_iqm"], ".1f"),
-            f"{row['reached']}/{row['runs']}", number(row["steps_to_threshold"], ",.0f"),
-            number(row["seconds_to_threshold"], ".1f"), ", ".join(row["failed"]) or "-", str(row["running"]),
-        )
-    Console(width=200).print(table)
+    console = Console()
+    if per_run:
+        _print_run_table(console, sweep_dir, analysis.run_rows(runs, threshold), threshold)
+    else:
+        console.print(_group_table(f"{sweep_dir} by {group_by}", analysis.summary_rows(groups, threshold), threshold))
+    _print_unfinished(console, runs)
+    _print_optuna_best(console, sweep_dir, runs)
     for name, group in groups.items():
         env_ids = sorted({str(run.info.get("env.id")) for run in group})
         if len(env_ids) > 1:
             stderr.print(f"note: group {escape(name)} mixes environments ({', '.join(env_ids)}); --group-by env.id separates them", highlight=False)
 
 
+def _readable_runs(sweep_dir: Path) -> list:
+    """The sweep's runs whose files can be read; each damaged one named in a note."""
+    from rlrun import analysis
+
+    runs = analysis.find_runs(sweep_dir)
+    for run in runs:
+        if run.damage:
+            stderr.print(f"note: damaged: {run.path}: {run.damage}; left out", markup=False, highlight=False, soft_wrap=True)
+    if all(run.damage for run in runs):
+        raise RLRunError(f"Every run in {sweep_dir} has a damaged file (listed above): nothing to read.")
+    return [run for run in runs if not run.damage]
+
+
+def _threshold_caption(threshold: Optional[float]) -> str:
+    if threshold is None:
+        return "no threshold (--threshold R sets one)"
+    return f"steps, secs: until the last 20 training episodes first averaged {threshold:g}"
+
+
+def _group_table(title: str, rows: list[dict], threshold: Optional[float]):
+    from rich.table import Table
+
+    table = Table(title=escape(title), caption=f"final return: mean ± std over completed runs; {_threshold_caption(threshold)}")
+    table.add_column("group", overflow="fold")
+    for column in ("done", "final return", "IQM", "reached", "steps", "secs"):
+        table.add_column(column, justify="right", no_wrap=True)  # numbers are never split
+    for row in rows:
+        final = "-" if row["final_mean"] is None else f"{row['final_mean']:.1f} ± {row['final_std']:.1f}"
+        table.add_row(
+            escape(row["group"]), f"{row['completed']}/{row['runs']}", final, _number(row["final_iqm"], ".1f"),
+            f"{row['reached']}/{row['runs']}", _number(row["steps_to_threshold"], ",.0f"), _number(row["seconds_to_threshold"], ".1f"),
+        )
+    return table
+
+
+def _print_run_table(console: Console, sweep_dir: Path, rows: list[dict], threshold: Optional[float]) -> None:
+    """The widest layout the terminal holds whole: run directories in the table, else listed
+    whole below it by rank (a directory folded over lines is neither readable nor copyable);
+    swept values a column each, else stacked in one column, so no number is ever split."""
+    unlimited = console.options.update(max_width=10**6)
+    for with_dirs, stacked in ((True, False), (False, False), (False, True)):
+        table = _run_table(sweep_dir, rows, threshold, with_dirs, stacked)
+        if console.measure(table, options=unlimited).maximum <= console.width:
+            break
+    console.print(table)
+    if not with_dirs:
+        for rank, row in enumerate(rows, 1):
+            console.print(f"{rank:>3}  {row['run'].path}", markup=False, highlight=False, soft_wrap=True)
+
+
+def _run_table(sweep_dir: Path, rows: list[dict], threshold: Optional[float], with_dirs: bool, stacked: bool):
+    from rich.table import Table
+
+    caption = f"final: evaluation return; recent: last 20 training episodes; {_threshold_caption(threshold)}"
+    table = Table(title=escape(f"{sweep_dir}, runs by final return"), caption=caption)
+    table.add_column("#", justify="right", no_wrap=True)
+    keys = list(rows[0]["swept"])
+    for header in keys if not stacked else ["swept"] if keys else []:
+        table.add_column(escape(header), no_wrap=not stacked, overflow="fold")  # stacked: the last resort
+    for column in ("final", "recent", "steps", "secs"):
+        table.add_column(column, justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    if with_dirs:
+        table.add_column("run", no_wrap=True)
+    for rank, row in enumerate(rows, 1):
+        values = [escape(format(value, ".4g") if isinstance(value, float) else str(value)) for value in row["swept"].values()]
+        swept = values if not stacked else ["\n".join(f"{key}={value}" for key, value in zip(keys, values))] if keys else []
+        run_dir = [escape(str(row["run"].path.relative_to(sweep_dir)))] if with_dirs else []
+        table.add_row(
+            str(rank), *swept, _number(row["final"], ".1f"), _number(row["recent"], ".1f"), _number(row["steps_to_threshold"], ",.0f"),
+            _number(row["seconds_to_threshold"], ".1f"), row["status"], *run_dir,
+        )
+    return table
+
+
+def _number(value: Optional[float], spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print_unfinished(console: Console, runs: list) -> None:
+    import shlex
+
+    for run in runs:
+        if run.status == "failed":
+            error = " ".join(str(run.summary.get("error", "no error recorded")).split())
+            console.print(f"failed: {run.path}: {error}", markup=False, highlight=False, soft_wrap=True)
+        elif run.status in ("dead", "interrupted"):
+            why = "killed before it finished" if run.status == "dead" else "stopped by a signal"
+            resume = shlex.quote(f"resume={run.path}")
+            console.print(f"{run.status}: {run.path} ({why}; `rlrun train {resume}` continues it)", markup=False, highlight=False, soft_wrap=True)
+    running = sum(run.status == "running" for run in runs)
+    if running:
+        console.print(f"running: {running} run{'s' if running > 1 else ''}", highlight=False)
+
+
+def _print_optuna_best(console: Console, sweep_dir: Path, runs: list) -> None:
+    from rlrun import analysis
+
+    try:
+        best = analysis.optuna_best(sweep_dir, runs)
+    except analysis.DamagedFile as err:
+        stderr.print(f"note: damaged: {sweep_dir}: {err}; Optuna's best trial unknown", markup=False, highlight=False, soft_wrap=True)
+        return
+    if best is None:
+        return
+    value, params, matches = best
+    if matches:
+        console.print(f"Optuna's best trial ({value:g}): {', '.join(str(run.path) for run in matches)}", markup=False, highlight=False, soft_wrap=True)
+        return
+    settings = ", ".join(f"{key}={param}" for key, param in params.items())
+    console.print(f"Optuna's best trial ({value:g}, {settings}): no run directory here matches it", markup=False, highlight=False, soft_wrap=True)
+
+
 def _exit_with(err: RLRunError) -> None:
-    stderr.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False)
+    stderr.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
     raise SystemExit(err.exit_code)
 
 
 def _resume_arguments(args: list[str]) -> list[str]:
     """`resume=DIR [total_timesteps=N]` -> the run's own overrides, continuing in DIR.
 
-    Hydra then composes exactly the saved configuration (the trainer checks it against the
-    checkpoint), writes into DIR, and keeps its record of this invocation in
-    DIR/.hydra/resume-<time> so the original .hydra/ stays as it was.
+    Only the run's configuration is replayed from DIR/.hydra/overrides.yaml, and only plain
+    `key=value` overrides of config keys: never `hydra.*` settings, `+`/`++`/`~` edits or
+    `${...}` interpolations, which a run directory (possibly someone else's) could use to write
+    files elsewhere or read the environment. The trainer checks the composed configuration
+    against the checkpoint's. Hydra keeps its record of this invocation in
+    DIR/.hydra/resume-<time>-<pid>, so the original .hydra/ stays as it was.
     """
     resume = [arg for arg in args if arg.startswith("resume=")]
     if not resume:
@@ -212,20 +359,57 @@ def _resume_arguments(args: list[str]) -> list[str]:
             "`rlrun train resume=RUN_DIR` continues a run with its saved configuration; the only "
             f"other argument it takes is total_timesteps=N (to train longer), got: {' '.join(others)}."
         )
+    saved = [o for o in _saved_overrides(run_dir) if not o.startswith(("resume=", "total_timesteps="))]
+    total = others or _saved_total(run_dir)
+    stamp = f"{time.strftime('%Y-%m-%d_%H-%M-%S')}-{os.getpid()}"
+    return [
+        *saved, *total, f"resume={_quoted(run_dir)}", f"hydra.run.dir={_quoted(run_dir)}",
+        f"hydra.output_subdir=.hydra/resume-{stamp}",
+    ]
+
+
+def _saved_overrides(run_dir: Path) -> list[str]:
+    """The run's original command-line overrides, each checked to be a plain config override."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
     overrides_file = run_dir / ".hydra" / "overrides.yaml"
     if not overrides_file.is_file():
         raise RLRunError(f"Cannot resume {run_dir}: it is not an rlrun run directory (no {overrides_file}).")
-    # The newest resume's overrides carry any total_timesteps an earlier resume extended to.
-    newest = max([overrides_file, *run_dir.glob(".hydra/resume-*/overrides.yaml")], key=lambda f: f.parent.name)
-    saved = [
-        o for o in OmegaConf.load(newest)
-        if not o.startswith("resume=") and not (others and o.startswith("total_timesteps="))
-    ]
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    return [
-        *saved, *others, f"resume={_quoted(run_dir)}", f"hydra.run.dir={_quoted(run_dir)}",
-        f"hydra.output_subdir=.hydra/resume-{stamp}",
-    ]
+    try:
+        saved = OmegaConf.to_container(OmegaConf.load(overrides_file))
+        assert isinstance(saved, list) and all(isinstance(o, str) for o in saved)
+        parsed = OverridesParser.create().parse_overrides(saved)
+    except Exception as err:
+        raise RLRunError(f"Cannot resume {run_dir}: {overrides_file} is damaged ({type(err).__name__}: {err}).") from None
+    for text, override in zip(saved, parsed):
+        if override.type != OverrideType.CHANGE or override.key_or_group.startswith("hydra") or override.package or "${" in text:
+            raise RLRunError(
+                f"Cannot resume {run_dir}: its {overrides_file} holds {text!r}, which is not a plain "
+                "`key=value` config override; resume replays only those (never hydra.* settings, "
+                "+/++/~ edits or ${...} interpolations). Nothing was run."
+            )
+    return saved
+
+
+def _saved_total(run_dir: Path) -> list[str]:
+    """total_timesteps as the newest checkpoint has it (an earlier resume may have extended it)."""
+    from rlrun.checkpoint import load_checkpoint
+
+    if not any((run_dir / name).exists() for name in ("checkpoint.pt", "checkpoint.prev.pt")):
+        return []
+    return [f"total_timesteps={int(load_checkpoint(run_dir)['config']['total_timesteps'])}"]
+
+
+def _integral_floats(args: list[str]) -> list[str]:
+    """`total_timesteps=1e5` -> `total_timesteps=100000`: scientific notation of a whole number
+    is read as the integer (a float key takes it as well)."""
+
+    def integral(match: re.Match) -> str:
+        value = float(match.group(0))
+        return str(int(value)) if value.is_integer() and abs(value) < 2**63 else match.group(0)
+
+    return [re.sub(r"(?<=[=,])\d+(\.\d*)?[eE]\+?\d+(?=,|$)", integral, arg) if "=" in arg and not arg.startswith("-") else arg for arg in args]
 
 
 def _quoted(path: Path) -> str:
@@ -250,42 +434,139 @@ def _check_plugin(group: str, value: str) -> None:
     if key not in PLUGINS:
         return
     module, extra = PLUGINS[key]
-    if importlib.util.find_spec(module) is None:
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:  # not even the hydra_plugins namespace package is installed
+        found = False
+    if not found:
         raise RLRunError(f"{group}={value} needs a Hydra plugin that is not installed: pip install 'rlrun[{extra}]'.")
 
 
-def _check_group_choices(args: list[str]) -> None:
-    """Refuse unknown `algo=`/`env=` choices (sweeps included) with the close matches, and
-    launchers or sweepers whose plugin is missing with the pip command that installs it."""
+def _check_overrides(args: list[str]) -> list[str]:
+    """Refuse before Hydra runs anything: overrides that do not parse; unknown `algo=`/`env=`
+    choices (sweeps included) with the close matches; launchers or sweepers whose plugin is
+    missing, with the pip command; keys no schema has; a `hydra.run.dir` that holds a run.
+    Returns `args`, plus, for a sweep, the setting that names job directories by the swept
+    keys only."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     candidates = [arg for arg in args if "=" in arg and not arg.startswith("-")]
-    try:
-        overrides = OverridesParser.create().parse_overrides(candidates)
-    except Exception:
-        return  # not parseable: Hydra will say why
+    parser = OverridesParser.create()
+    overrides = []
+    for arg in candidates:
+        try:
+            overrides += parser.parse_overrides([arg])
+        except Exception as err:
+            raise RLRunError(f"Cannot read the override {arg!r}: {' '.join(str(err).split())}") from None
+        if not overrides[-1].key_or_group:
+            raise RLRunError(f"The override {arg!r} names no key; write key=value, e.g. algo.lr=1e-3.")
+    algos = _chosen_algos(overrides)
     for override in overrides:
         group = override.key_or_group
-        if group not in CHECKED_GROUPS + ("hydra/launcher", "hydra/sweeper") or override.package is not None or override.is_delete():
+        if group.startswith("hydra") and group not in ("hydra/launcher", "hydra/sweeper"):
+            _check_run_dir(override, args)
             continue
+        if override.is_delete() and group not in CHECKED_GROUPS:
+            raise RLRunError(f"`~{group}` would remove a key every run reads; give it a value instead ({group}=...).")
+        values = _values(override)
+        if values is None or override.package is not None or override.is_delete():
+            continue
+        if group in CHECKED_GROUPS + ("hydra/launcher", "hydra/sweeper"):
+            _check_choices(group, values)
+        elif "/" not in group:
+            from rlrun.config import ALGO_CONFIGS, check_known_key
+
+            for algo in algos:
+                check_known_key(group, ALGO_CONFIGS[algo])
+    if "-m" in args or "--multirun" in args:
+        constant = sorted({o.key_or_group for o in overrides if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")})
+        args = [*args, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(constant)}]"]
+    return args
+
+
+def _values(override) -> list[str] | None:
+    """An override's values (each of a sweep), or None where a sweeper expands them later."""
+    try:
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+    except Exception:
+        return None  # interval(), glob() and the like
+    return [str(value) if value is not None else None for value in values]
+
+
+def _chosen_algos(overrides: list) -> list[str]:
+    for override in overrides:
+        if override.key_or_group == "algo" and not override.is_delete():
+            values = _values(override)
+            if values and None not in values:
+                return values
+    defaults = OmegaConf.load(files("rlrun.configs").joinpath("config.yaml")).defaults
+    return [next(entry["algo"] for entry in defaults if isinstance(entry, DictConfig) and "algo" in entry)]
+
+
+def _check_choices(group: str, values: list[str | None]) -> None:
+    if None in values:
+        raise RLRunError(f"{group}=null is not an option; to drop a group from the defaults write ~{group}.")
+    for value in values:
+        _check_plugin(group, value)
+    if group not in CHECKED_GROUPS:
+        return
+    options = sorted(p.name.removesuffix(".yaml") for p in files("rlrun.configs").joinpath(group).iterdir() if p.name.endswith(".yaml"))
+    for value in values:
+        if value not in options:
+            close = difflib.get_close_matches(value, options, n=3)
+            hint = f" Did you mean {' or '.join(close)}?" if close else ""
+            extra = " Any registered Gymnasium id runs with generic defaults as env=generic env.id=<id>." if group == "env" else ""
+            raise RLRunError(f"Unknown {group} {value!r}.{hint} Available: {', '.join(options)}.{extra}")
+
+
+def _check_run_dir(override, args: list[str]) -> None:
+    """A new run never writes into a directory that already holds one (resume continues one)."""
+    if override.key_or_group != "hydra.run.dir" or any(arg.startswith("resume=") for arg in args):
+        return
+    run_dir = Path(str(override.value())).resolve()
+    if (run_dir / ".hydra").exists() or (run_dir / "summary.json").exists():
+        raise RLRunError(
+            f"{run_dir} already holds a run; rlrun never writes a new run over another. Continue it "
+            f"with `rlrun train resume={run_dir}`, or choose a new hydra.run.dir."
+        )
+    if not run_dir.exists():
+        _new_run_dirs.add(run_dir)
+
+
+def _new_dir(path: str) -> str:
+    """`path`, or `path_2`, `path_3`... : the first that no other run has, created here. mkdir
+    is atomic, so processes started in the same second still get a directory each."""
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    candidate, n = base, 1
+    while True:
         try:
-            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
-        except Exception:
-            continue  # interval(), glob() and the like: Hydra or the sweeper expands them
-        if None in values:
-            raise RLRunError(f"{group}=null is not an option; to drop a group from the defaults write ~{group}.")
-        values = [str(value) for value in values]
-        for value in values:
-            _check_plugin(group, value)
-        if group not in CHECKED_GROUPS:
-            continue
-        options = sorted(p.name.removesuffix(".yaml") for p in files("rlrun.configs").joinpath(group).iterdir() if p.name.endswith(".yaml"))
-        for value in values:
-            if value not in options:
-                close = difflib.get_close_matches(value, options, n=3)
-                hint = f" Did you mean {' or '.join(close)}?" if close else ""
-                extra = " Any registered Gymnasium id runs with generic defaults as env=generic env.id=<id>." if group == "env" else ""
-                raise RLRunError(f"Unknown {group} {value!r}.{hint} Available: {', '.join(options)}.{extra}")
+            candidate.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+            candidate = base.with_name(f"{base.name}_{n}")
+    _new_run_dirs.add(candidate.resolve())
+    return str(candidate)
+
+
+def _job_name(overrides: ListConfig, exclude_keys: ListConfig) -> str:
+    """A sweep job's directory name: its swept `key=value` pairs, numbers to 4 significant digits."""
+
+    def short(value: str) -> str:
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return value if number.is_integer() else f"{number:.4g}"
+
+    pairs = [o.partition("=") for o in overrides]
+    return ",".join(f"{key}={short(value)}" for key, _, value in pairs if key.lstrip("+~") not in exclude_keys) or "run"
+
+
+# use_cache: Hydra resolves these more than once per run, and copies the cache to each job.
+OmegaConf.register_new_resolver("rlrun.new_dir", _new_dir, use_cache=True)
+OmegaConf.register_new_resolver("rlrun.job_name", _job_name, use_cache=True)
 
 
 def main() -> None:

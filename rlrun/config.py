@@ -3,15 +3,16 @@
 Hydra validates types against these dataclasses while it composes the config (so
 `algo.lr=abc` fails before anything runs); `__post_init__` checks ranges when the trainer turns
 the composed config into objects with `to_object`. Every field here is read by the code, and
-every key in a yaml file must be a field here.
-
-This module must not import torch: the CLI imports it to register the schemas.
+every key in a yaml file must be a field here. The dataclasses hold types and ranges only:
+every value comes from the yaml files (a field with a default in code would be a second
+source of defaults), so a key the yaml files leave unset is an error, not a silent fallback.
+Each algorithm's config class lives beside the algorithm, in `rlrun/algos/`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from enum import Enum
+import math
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -21,45 +22,53 @@ from omegaconf.errors import OmegaConfBaseException
 from rlrun.errors import RLRunError
 
 
-def _check(condition: bool, message: str) -> None:
+def check(condition: bool, message: str) -> None:
     if not condition:
         raise RLRunError(f"Invalid configuration: {message}")
 
 
-def _bound(name: str, value: Any, op: str, limit: float, nullable: bool = False) -> None:
+def bound(name: str, value: Any, op: str, limit: float, nullable: bool = False) -> None:
     """`name` must be `op limit` (">" or ">="), or null where `nullable`."""
     if nullable and value is None:
         return
-    ok = value > limit if op == ">" else value >= limit
-    _check(ok, f"{name} must be {op} {limit}{' or null' if nullable else ''}, got {value}.")
+    ok = math.isfinite(value) and (value > limit if op == ">" else value >= limit)
+    check(ok, f"{name} must be {op} {limit}{' or null' if nullable else ''}, got {value}.")
 
 
-def _unit_interval(name: str, value: Any, open_at_zero: bool, nullable: bool = False) -> None:
+def check_one_rollout(rollout_steps: int, num_envs: int, total_timesteps: int) -> None:
+    check(
+        total_timesteps >= rollout_steps * num_envs,
+        f"total_timesteps ({total_timesteps}) is less than one rollout "
+        f"(algo.rollout_steps * env.num_envs = {rollout_steps * num_envs}).",
+    )
+
+
+def unit_interval(name: str, value: Any, open_at_zero: bool, nullable: bool = False) -> None:
     """`name` must lie in (0, 1] or [0, 1], or be null where `nullable`."""
     if nullable and value is None:
         return
-    ok = (0 < value if open_at_zero else 0 <= value) and value <= 1
+    ok = (0 < value if open_at_zero else 0 <= value) and value <= 1  # False for NaN
     interval = "(0, 1]" if open_at_zero else "[0, 1]"
-    _check(ok, f"{name} must be in {interval}{' or null' if nullable else ''}, got {value}.")
+    check(ok, f"{name} must be in {interval}{' or null' if nullable else ''}, got {value}.")
 
 
 @dataclass
 class EnvConfig:
     """A Gymnasium environment, stepped as a vector of `num_envs` copies."""
 
-    id: str = "${hydra:runtime.choices.env}"  # a yaml in configs/env/ is named after its id
-    num_envs: int = 8
+    id: str = MISSING
+    num_envs: int = MISSING
     # gymnasium.make_vec's vectorization_mode; null uses the env's own numpy-vectorised
     # implementation when it has one (CartPole does) and "sync" otherwise.
-    vectorization: Optional[str] = None
+    vectorization: Optional[str] = MISSING
     # Gymnasium's running-statistics wrappers; their statistics are saved with checkpoints.
-    normalize_obs: bool = False
-    normalize_reward: bool = False  # scale rewards by the std of the discounted return
+    normalize_obs: bool = MISSING
+    normalize_reward: bool = MISSING  # scale rewards by the std of the discounted return
 
     def __post_init__(self) -> None:
-        _bound("env.num_envs", self.num_envs, ">=", 1)
+        bound("env.num_envs", self.num_envs, ">=", 1)
         modes = (None, "sync", "async", "vector_entry_point")
-        _check(
+        check(
             self.vectorization in modes,
             f"env.vectorization must be one of null, sync, async, vector_entry_point; "
             f"got {self.vectorization!r}.",
@@ -70,16 +79,22 @@ class EnvConfig:
 class PolicyConfig:
     """MLP actor and critic (separate networks, same shape)."""
 
-    hidden_sizes: list[int] = field(default_factory=lambda: [64, 64])
-    activation: str = "tanh"
-    log_std_init: float = 0.0  # continuous actions: initial log sigma of the Gaussian
+    hidden_sizes: list[int] = MISSING
+    activation: str = MISSING
+    log_std_init: float = MISSING  # continuous actions: initial log sigma of the Gaussian
 
     def __post_init__(self) -> None:
-        _check(
+        check(
             all(size >= 1 for size in self.hidden_sizes),
             f"policy.hidden_sizes must be positive, got {list(self.hidden_sizes)}.",
         )
-        _check(
+        weights = sum(a * b for a, b in zip(self.hidden_sizes[:-1], self.hidden_sizes[1:]))
+        check(
+            weights <= MAX_WEIGHTS,
+            f"policy.hidden_sizes {list(self.hidden_sizes)} would need {weights:,} weights per network "
+            f"({weights * 4 / 1e9:.1f} GB each for actor and critic); rlrun allows up to {MAX_WEIGHTS:,}.",
+        )
+        check(
             self.activation in ("tanh", "relu"),
             f"policy.activation must be tanh or relu, got {self.activation!r}.",
         )
@@ -87,183 +102,115 @@ class PolicyConfig:
 
 @dataclass
 class OptimConfig:
-    """What every algorithm's gradient step reads."""
+    """What every algorithm's gradient step reads; each algorithm's config extends it."""
 
-    lr: float = 3e-4
-    anneal_lr: bool = False  # linear decay to 0 over the run
-    max_grad_norm: Optional[float] = 0.5  # clip the global gradient norm; null: never
-
-    def __post_init__(self) -> None:
-        _bound("algo.lr", self.lr, ">", 0)
-        _bound("algo.max_grad_norm", self.max_grad_norm, ">", 0, nullable=True)
-
-
-@dataclass
-class PGConfig(OptimConfig):
-    """Vanilla policy gradient (REINFORCE), tutorial eq. 12: whole episodes, no critic."""
-
-    normalize_advantages: bool = False
-
-
-class Baseline(str, Enum):
-    """What pg_baseline subtracts from the return (the b of the list after eq. 13)."""
-
-    none = "none"
-    mean = "mean"  # the mean return of the batch's other episodes
-    value = "value"  # a learned V(s_t), regressed on the returns
-
-
-@dataclass
-class PGBaselineConfig(PGConfig):
-    """Policy gradient with the improvements listed after the tutorial's eq. 13."""
-
-    reward_to_go: bool = True  # weight a_t by rewards from t on, not the whole episode's
-    gamma: float = 0.99  # discount gamma^(t'-t)
-    baseline: Baseline = Baseline.value
-    gae_lambda: Optional[float] = None  # GAE(lambda) with the learned V instead of Monte Carlo
-    value_steps: int = 5  # critic regression steps per update (baseline=value)
-    vf_coef: float = 0.5
+    lr: float = MISSING
+    anneal_lr: bool = MISSING  # linear decay to 0 over the run
+    max_grad_norm: Optional[float] = MISSING  # clip the global gradient norm; null: never
 
     def __post_init__(self) -> None:
-        super().__post_init__()
-        _unit_interval("algo.gamma", self.gamma, open_at_zero=True)
-        _bound("algo.value_steps", self.value_steps, ">=", 1)
-        _bound("algo.vf_coef", self.vf_coef, ">", 0)
-        _unit_interval("algo.gae_lambda", self.gae_lambda, open_at_zero=False, nullable=True)
-        if self.gae_lambda is not None:
-            _check(
-                self.baseline == Baseline.value,
-                "algo.gae_lambda needs the learned value baseline (algo.baseline=value); "
-                f"got algo.baseline={self.baseline.value}.",
-            )
+        bound("algo.lr", self.lr, ">", 0)
+        bound("algo.max_grad_norm", self.max_grad_norm, ">", 0, nullable=True)
+
+    def check_run(self, num_envs: int, total_timesteps: int) -> None:
+        """Checks of this algorithm's keys against the rest of the run's config."""
 
 
-@dataclass
-class PPOConfig(OptimConfig):
-    """Shared by both PPO variants: fixed-length rollouts, GAE, minibatch epochs."""
-
-    rollout_steps: int = 128
-    epochs: int = 4
-    num_minibatches: int = 4
-    gamma: float = 0.99
-    gae_lambda: float = 0.95
-    normalize_advantages: bool = True
-    ent_coef: float = 0.0
-    vf_coef: float = 0.5
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _bound("algo.rollout_steps", self.rollout_steps, ">=", 1)
-        _bound("algo.epochs", self.epochs, ">=", 1)
-        _bound("algo.num_minibatches", self.num_minibatches, ">=", 1)
-        _unit_interval("algo.gamma", self.gamma, open_at_zero=True)
-        _unit_interval("algo.gae_lambda", self.gae_lambda, open_at_zero=False)
-        _bound("algo.ent_coef", self.ent_coef, ">=", 0)
-        _bound("algo.vf_coef", self.vf_coef, ">=", 0)
-
-
-@dataclass
-class PPOClipConfig(PPOConfig):
-    """PPO-clip, tutorial eq. 19."""
-
-    clip_eps: float = 0.2
-    # Stop the epochs of an update early once approx_kl exceeds this (null: never).
-    target_kl: Optional[float] = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _bound("algo.clip_eps", self.clip_eps, ">", 0)
-        _bound("algo.target_kl", self.target_kl, ">", 0, nullable=True)
-
-
-@dataclass
-class PPOKLConfig(PPOConfig):
-    """PPO with a KL penalty, tutorial eq. 18, and Schulman et al. (2017)'s adaptive beta."""
-
-    kl_target: float = 0.01  # d_targ
-    beta_init: float = 1.0
-    adaptive: bool = True  # false: beta stays beta_init
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _bound("algo.kl_target", self.kl_target, ">", 0)
-        _bound("algo.beta_init", self.beta_init, ">=", 0)
-        _check(
-            not (self.adaptive and self.beta_init == 0),
-            "algo.beta_init=0 with algo.adaptive=true would stay 0 (beta only halves or doubles); "
-            "give a positive beta_init or set algo.adaptive=false.",
-        )
-
-
-ALGO_CONFIGS: dict[str, type] = {
-    "pg": PGConfig,
-    "pg_baseline": PGBaselineConfig,
-    "ppo_kl": PPOKLConfig,
-    "ppo_clip": PPOClipConfig,
-}
+MAX_SEED = 2**31 - 1  # evaluation and resumed episodes seed from seed + an offset
+MAX_WEIGHTS = 50_000_000  # per network: 200 MB of float32 weights, far beyond any MLP policy
 
 
 @dataclass
 class Config:
     """The whole run: `configs/config.yaml` plus one `algo/` and one `env/` file."""
 
-    algo: Any = MISSING
+    algo: Any = MISSING  # one of the algorithms' config classes (rlrun.algos)
     env: EnvConfig = MISSING
-    policy: PolicyConfig = field(default_factory=PolicyConfig)
-    seed: int = 1
-    total_timesteps: int = 100_000
-    eval_episodes: int = 10  # deterministic episodes per evaluation
-    eval_interval: int = 0  # env steps between evaluations during training; 0: only at the end
-    checkpoint_interval: int = 50  # updates between checkpoints; 0: only at the end
+    policy: PolicyConfig = MISSING
+    seed: int = MISSING
+    total_timesteps: int = MISSING
+    eval_episodes: int = MISSING  # deterministic episodes per evaluation
+    eval_interval: int = MISSING  # env steps between evaluations during training; 0: only at the end
+    checkpoint_interval: int = MISSING  # updates between checkpoints; 0: only at the end
     # Stop early once the mean return of the last 20 training episodes reaches this.
-    target_return: Optional[float] = None
-    torch_threads: int = 1  # small MLPs run fastest on one thread
-    resume: Optional[str] = None  # a run directory to continue (set by `rlrun train resume=DIR`)
+    target_return: Optional[float] = MISSING
+    torch_threads: int = MISSING  # small MLPs run fastest on one thread
+    resume: Optional[str] = MISSING  # a run directory to continue (set by `rlrun train resume=DIR`)
 
     def __post_init__(self) -> None:
-        _bound("seed", self.seed, ">=", 0)
-        _bound("total_timesteps", self.total_timesteps, ">=", 1)
-        _bound("eval_episodes", self.eval_episodes, ">=", 0)
-        _bound("eval_interval", self.eval_interval, ">=", 0)
-        _bound("checkpoint_interval", self.checkpoint_interval, ">=", 0)
-        _bound("torch_threads", self.torch_threads, ">=", 1)
-        if isinstance(self.algo, PGBaselineConfig) and self.algo.baseline == Baseline.mean:
-            _check(
-                self.env.num_envs >= 2,
-                "algo.baseline=mean estimates each episode's baseline from the other episodes "
-                f"of the batch (one per env), so it needs env.num_envs >= 2; got {self.env.num_envs}.",
-            )
-        if isinstance(self.algo, PPOConfig):
-            batch_size = self.algo.rollout_steps * self.env.num_envs
-            _check(
-                self.total_timesteps >= batch_size,
-                f"total_timesteps ({self.total_timesteps}) is less than one rollout "
-                f"(algo.rollout_steps * env.num_envs = {batch_size}).",
-            )
-            _check(
-                self.algo.num_minibatches <= batch_size,
-                f"algo.num_minibatches ({self.algo.num_minibatches}) exceeds the batch size "
-                f"(algo.rollout_steps * env.num_envs = {batch_size}).",
-            )
+        bound("seed", self.seed, ">=", 0)
+        check(self.seed <= MAX_SEED, f"seed must be at most {MAX_SEED} (2^31 - 1), got {self.seed}.")
+        bound("total_timesteps", self.total_timesteps, ">=", 1)
+        bound("eval_episodes", self.eval_episodes, ">=", 0)
+        bound("eval_interval", self.eval_interval, ">=", 0)
+        bound("checkpoint_interval", self.checkpoint_interval, ">=", 0)
+        bound("torch_threads", self.torch_threads, ">=", 1)
+        self.algo.check_run(self.env.num_envs, self.total_timesteps)
 
 
-def register_schemas() -> None:
+ALGO_CONFIGS: dict[str, type] = {}  # algo= choice -> its config class, set by register_schemas
+
+
+def register_schemas(algo_configs: dict[str, type]) -> None:
     """Make the dataclasses available to the yaml files' defaults lists."""
+    ALGO_CONFIGS.update(algo_configs)
     store = ConfigStore.instance()
     store.store(name="config_schema", node=Config)
     store.store(group="schema/env", name="env", node=EnvConfig)
-    for name, schema in ALGO_CONFIGS.items():
+    for name, schema in algo_configs.items():
         store.store(group="schema/algo", name=name, node=schema)
 
 
 def to_object(cfg: DictConfig) -> Config:
     """The composed config as validated dataclass instances."""
+    algo_config = OmegaConf.get_type(cfg, "algo")
+    values = flatten(OmegaConf.to_container(cfg))  # a value never set reads "???"
+    for key in values:
+        if not key.startswith("hydra."):
+            check_known_key(key, algo_config)
+    missing = [key for key in _known_keys(algo_config) if values.get(key, MISSING) == MISSING]
+    check(
+        not missing,
+        f"no value for {', '.join(missing)}: the yaml files set every key, so a `~` override "
+        "removed it or a config file lacks it; give it a value (key=value) instead.",
+    )
     try:
         config = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
         raise RLRunError(f"Invalid configuration: {err}") from None
     assert isinstance(config, Config)
     return config
+
+
+def _fields(schema: type, prefix: str = "") -> list[str]:
+    return [f"{prefix}{f.name}" for f in fields(schema)]
+
+
+def _known_keys(algo_config: type) -> list[str]:
+    top = [name for name in _fields(Config) if name not in ("algo", "env", "policy")]
+    return top + _fields(algo_config, "algo.") + _fields(EnvConfig, "env.") + _fields(PolicyConfig, "policy.")
+
+
+def check_known_key(key: str, algo_config: type) -> None:
+    """Refuse a key that the run's schema (`algo_config` for `algo.*`) does not have, naming
+    the closest known keys and the algorithms that do have it."""
+    known = _known_keys(algo_config)
+    if key in known or not is_dataclass(algo_config):
+        return
+    import difflib
+
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    leaf = key.rpartition(".")[2]
+    owners = [name for name, schema in ALGO_CONFIGS.items() if leaf in _fields(schema)]
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    if key.startswith("algo.") and owners:
+        hint += f" `{leaf}` is a key of {', '.join(f'algo={name}' for name in owners)}."
+    algo = next((name for name, schema in ALGO_CONFIGS.items() if schema is algo_config), algo_config.__name__)
+    raise RLRunError(
+        f"Unknown configuration key {key!r}: the config of algo={algo} has no such key, and rlrun "
+        f"never reads a key its schema lacks (a `+` prefix does not change that).{hint} "
+        "`rlrun train --help` lists every key."
+    )
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

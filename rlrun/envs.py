@@ -11,6 +11,7 @@ from typing import Any
 
 import cloudpickle
 import gymnasium as gym
+import numpy as np
 from gymnasium.vector import VectorEnv
 from gymnasium.wrappers import RecordVideo
 from gymnasium.wrappers.utils import RunningMeanStd
@@ -92,10 +93,25 @@ def normalizer_stats(envs: VectorEnv) -> dict[str, RunningMeanStd]:
     return {name: getattr(wrapper, attribute) for name, wrapper, attribute in _normalizers(envs)}
 
 
-def load_normalizer_stats(envs: VectorEnv, stats: dict[str, RunningMeanStd]) -> None:
+def normalizer_state(envs: VectorEnv) -> dict[str, dict[str, Any]]:
+    """The statistics as plain data (float64 values as Python floats: exact), for checkpoints."""
+    return {
+        name: {"mean": np.asarray(stats.mean).tolist(), "var": np.asarray(stats.var).tolist(), "count": float(stats.count)}
+        for name, stats in normalizer_stats(envs).items()
+    }
+
+
+def running_stats(state: dict[str, Any]) -> RunningMeanStd:
+    """A `normalizer_state` entry as Gymnasium's statistics object."""
+    stats = RunningMeanStd(shape=np.shape(state["mean"]))
+    stats.mean, stats.var, stats.count = np.array(state["mean"]), np.array(state["var"]), state["count"]
+    return stats
+
+
+def load_normalizer_state(envs: VectorEnv, state: dict[str, dict[str, Any]]) -> None:
     for name, wrapper, attribute in _normalizers(envs):
-        if name in stats:
-            setattr(wrapper, attribute, stats[name])
+        if name in state:
+            setattr(wrapper, attribute, running_stats(state[name]))
 
 
 def snapshot(config: EnvConfig, envs: VectorEnv) -> bytes | None:

@@ -12,7 +12,7 @@ from gymnasium.wrappers.utils import RunningMeanStd
 
 from rlrun.checkpoint import load_checkpoint
 from rlrun.config import EnvConfig, PolicyConfig
-from rlrun.envs import make_vector_env, optional_dependencies
+from rlrun.envs import make_vector_env, optional_dependencies, running_stats
 from rlrun.errors import RLRunError
 from rlrun.policies import ActorCritic
 
@@ -73,13 +73,20 @@ def evaluate_run(run_dir: Path, episodes: int, seed: int | None = None, video_di
     """
     state = load_checkpoint(run_dir)
     saved = state["config"]
-    env_config = EnvConfig(**saved["env"])
+    try:
+        env_config, policy_config = EnvConfig(**saved["env"]), PolicyConfig(**saved["policy"])
+    except (KeyError, TypeError) as err:
+        raise RLRunError(f"The checkpoint of {run_dir} holds no usable configuration ({type(err).__name__}: {err}).") from None
     envs = make_vector_env(env_config, num_envs=1)
     try:
         with_critic = any(key.startswith("critic.") for key in state["policy"])
-        policy = ActorCritic(envs.single_observation_space, envs.single_action_space, PolicyConfig(**saved["policy"]), with_critic)
+        policy = ActorCritic(envs.single_observation_space, envs.single_action_space, policy_config, with_critic)
     finally:
         envs.close()
-    policy.load_state_dict(state["policy"])
+    try:
+        policy.load_state_dict(state["policy"])
+    except RuntimeError as err:
+        raise RLRunError(f"The checkpoint of {run_dir} does not fit its own configuration: {err}") from None
     seed = saved["seed"] + EVAL_SEED_OFFSET if seed is None else seed
-    return evaluate(policy, env_config, episodes, seed, video_dir, obs_stats=state.get("normalizers", {}).get("obs"))
+    obs_stats = state["collector"]["normalizers"].get("obs")
+    return evaluate(policy, env_config, episodes, seed, video_dir, obs_stats=running_stats(obs_stats) if obs_stats else None)

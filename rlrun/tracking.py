@@ -1,12 +1,13 @@
-"""What a run reports: TensorBoard scalars and hparams, and a rich progress bar."""
+"""What a run reports: TensorBoard scalars and hparams, and its progress on the terminal."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from tensorboard.compat.proto.summary_pb2 import Summary
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
@@ -14,22 +15,29 @@ from torch.utils.tensorboard.summary import hparams
 from rlrun.config import flatten
 
 TENSORBOARD_SUBDIR = "tb"
+PLAIN_PROGRESS_SECONDS = 30.0  # without a terminal (logs, nohup, SLURM): a line this often
 
 
 class RunTracker:
-    """One TensorBoard event directory (`<run_dir>/tb`) and the terminal progress bar."""
+    """One TensorBoard event directory (`<run_dir>/tb`) and the run's progress: a rich bar on
+    a terminal, plain lines (steps, SPS, recent return, KL, ETA) into a log file otherwise."""
 
     def __init__(self, run_dir: Path, total_steps: int, console: Console, start_step: int = 0):
         # A resumed run appends to the same event directory; purge_step hides anything an
         # earlier process logged after the checkpoint it resumes from.
         self.writer = SummaryWriter(str(run_dir / TENSORBOARD_SUBDIR), purge_step=start_step + 1 if start_step else None)
+        self.console, self.total_steps, self.start_step = console, total_steps, start_step
+        self.start_time = self.last_line = time.monotonic()
         self.progress = Progress(
             BarColumn(bar_width=24),
-            TextColumn("{task.completed:>9,}/{task.total:,} steps"),
+            TextColumn("{task.completed:>9,} of {task.total:,} steps"),
             TextColumn("{task.fields[sps]:>7,.0f} SPS  return {task.fields[ret]:6.1f}  kl {task.fields[kl]:.1e}"),
             TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
             console=console,
             transient=False,
+            disable=not console.is_terminal,
         )
         self.task = self.progress.add_task("train", total=total_steps, completed=start_step, sps=0.0, ret=float("nan"), kl=0.0)
 
@@ -43,13 +51,21 @@ class RunTracker:
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         """Log `{tag: value}` at `step` as one event: TensorBoard reads every value of an event
-        as a point of its own tag, and one event of 17 scalars costs 0.12 ms against 1.1 ms for
-        one event per scalar."""
+        as a point of its own tag, and one event costs a fraction of one event per scalar."""
         summary = Summary(value=[Summary.Value(tag=tag, simple_value=float(value)) for tag, value in values.items()])
         self.writer.file_writer.add_summary(summary, step)
 
     def advance(self, step: int, sps: float, recent_return: float, kl: float) -> None:
         self.progress.update(self.task, completed=step, sps=sps, ret=recent_return, kl=kl)
+        now = time.monotonic()
+        if self.progress.disable and now - self.last_line >= PLAIN_PROGRESS_SECONDS:
+            self.last_line = now
+            remaining = max(self.total_steps - step, 0) / sps if sps > 0 else float("nan")
+            self.console.print(
+                f"{step:,} of {self.total_steps:,} env steps ({100 * step / self.total_steps:.0f}%) | "
+                f"{sps:,.0f} SPS | recent return {recent_return:.1f} | kl {kl:.1e} | eta {_duration(remaining)}",
+                highlight=False, soft_wrap=True,
+            )
 
     def hparams(self, config: dict[str, Any], metrics: dict[str, float]) -> None:
         """Record the run's hyperparameters beside its final metrics for the HParams dashboard.
@@ -62,3 +78,11 @@ class RunTracker:
         for summary in (experiment, session_start, session_end):
             self.writer.file_writer.add_summary(summary)
         self.writer.flush()
+
+
+def _duration(seconds: float) -> str:
+    if seconds != seconds:  # NaN: no speed measured yet
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

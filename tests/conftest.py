@@ -9,7 +9,8 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from rlrun.config import register_schemas
+from rlrun.algos import config_classes
+from rlrun.config import register_schemas, to_object
 
 REPO = Path(__file__).resolve().parents[1]
 RLRUN = Path(sys.executable).with_name("rlrun")  # the installed console script
@@ -27,9 +28,8 @@ def run_rlrun(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout:
 
 
 def compose_config(*overrides: str) -> DictConfig:
-    """The composed config, as `rlrun train` would see it (env.id given explicitly, since
-    `${hydra:runtime.choices.env}` only resolves inside a Hydra run)."""
-    register_schemas()
+    """The composed config, as `rlrun train` would see it."""
+    register_schemas(config_classes())
     with initialize_config_module(config_module="rlrun.configs", version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
 
@@ -37,3 +37,13 @@ def compose_config(*overrides: str) -> DictConfig:
 @pytest.fixture
 def tiny_overrides() -> list[str]:
     return list(TINY)
+
+
+def algo_config(name: str, *overrides: str):
+    """The config object of algorithm `name` as its yaml sets it, with `algo.`-key overrides."""
+    return to_object(compose_config(f"algo={name}", *(f"algo.{o}" for o in overrides))).algo
+
+
+def policy_config(*overrides: str):
+    """The policy config as configs/config.yaml sets it, with `policy.`-key overrides."""
+    return to_object(compose_config(*(f"policy.{o}" for o in overrides))).policy

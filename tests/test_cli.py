@@ -37,8 +37,9 @@ def test_train_writes_a_complete_run_directory(tmp_path):
     assert summary["eval_episodes"] == 2 and summary["eval_return_mean"] > 0
     assert summary["wall_seconds"] > 0 and summary["sps"] > 0
 
-    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=False)
-    assert {"policy", "algo", "config", "global_step", "torch_rng", "envs"} <= checkpoint.keys()
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert {"format_version", "policy", "algo", "config", "global_step", "torch_rng", "collector"} <= checkpoint.keys()
+    assert (run_dir / "envs.snapshot").is_file()  # classic control: the exact environments, signed
     assert "optimizer" in checkpoint["algo"]
     assert checkpoint["config"]["algo"]["clip_eps"] == 0.2
 
@@ -76,7 +77,7 @@ def test_same_seed_gives_identical_curves(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("algo=nope", "Unknown algo 'nope'. Available: pg, pg_baseline, ppo_clip, ppo_kl."),
+        ("algo=nope", "Unknown algo 'nope'. Available: a2c, pg, pg_baseline, ppo_clip, ppo_kl."),
         ("algo=ppo_clp", "Did you mean ppo_clip"),
         ("env=NoSuchEnv-v0", "Unknown env 'NoSuchEnv-v0'."),
         ("-m algo=pg,nope", "Unknown algo 'nope'."),
@@ -107,7 +108,7 @@ def test_help_is_useful(tmp_path):
     assert top.returncode == 0 and "train" in top.stdout
     train_help = run_rlrun("train", "--help", cwd=tmp_path)
     assert train_help.returncode == 0
-    assert "algo: pg, pg_baseline, ppo_clip, ppo_kl" in train_help.stdout
+    assert "algo: a2c, pg, pg_baseline, ppo_clip, ppo_kl" in train_help.stdout
     assert "env: Acrobot-v1, CartPole-v1" in train_help.stdout
     assert "rlrun train -m seed=1,2,3" in train_help.stdout
 

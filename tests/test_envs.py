@@ -14,8 +14,9 @@ from torch.distributions import Normal
 from conftest import compose_config, run_rlrun
 from rlrun.checkpoint import load_checkpoint
 from rlrun.config import to_object
-from rlrun.envs import normalizer_stats
+from rlrun.envs import normalizer_stats, running_stats
 from rlrun.policies import CategoricalHead, GaussianHead
+from rlrun.lifecycle import StopSignals
 from rlrun.trainer import Trainer, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -32,7 +33,7 @@ SMALL = {  # a few hundred steps, whatever the env's or the tuned preset's sizes
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("env", ENVS)
 def test_every_env_runs_with_every_algorithm(tmp_path, env, algo):
-    cfg = compose_config(f"algo={algo}", f"env={env}", f"env.id={env}", "total_timesteps=200", "eval_episodes=1", *SMALL[algo])
+    cfg = compose_config(f"algo={algo}", f"env={env}", "total_timesteps=200", "eval_episodes=1", *SMALL[algo])
     assert np.isfinite(train(cfg, tmp_path))
     checkpoint = load_checkpoint(tmp_path)
     assert checkpoint["global_step"] >= 200
@@ -69,9 +70,9 @@ def test_categorical_head_samples_its_own_distribution():
 
 
 def test_clipping_for_the_env_leaves_stored_actions_and_log_probs_alone(tmp_path):
-    cfg = compose_config("env=Pendulum-v1", "env.id=Pendulum-v1", "policy.log_std_init=1.5", "env.num_envs=2", "algo.rollout_steps=64")
+    cfg = compose_config("env=Pendulum-v1", "policy.log_std_init=1.5", "env.num_envs=2", "algo.rollout_steps=64")
     trainer = Trainer(to_object(cfg), {}, tmp_path)
-    trainer.collect()
+    trainer.collector.collect(trainer.policy, trainer.rollout)
     rollout, policy = trainer.rollout, trainer.policy
     assert (rollout.actions.abs() > 2.0).any()  # sigma = e^1.5: many samples leave [-2, 2]
     assert (np.abs(policy.head.to_env(rollout.actions)) <= 2.0).all()
@@ -81,16 +82,16 @@ def test_clipping_for_the_env_leaves_stored_actions_and_log_probs_alone(tmp_path
 
 
 def test_normalisation_statistics_survive_a_checkpoint_and_reach_evaluation(tmp_path):
-    cfg = compose_config("env=Pendulum-v1", "env.id=Pendulum-v1", "algo.rollout_steps=256", "total_timesteps=2048", "eval_episodes=2")
+    cfg = compose_config("env=Pendulum-v1", "algo.rollout_steps=256", "total_timesteps=2048", "eval_episodes=2")
     config = to_object(cfg)
     trainer = Trainer(config, OmegaConf.to_container(cfg, resolve=True), tmp_path)
-    trainer.run()
-    live = normalizer_stats(trainer.envs)
-    saved = load_checkpoint(tmp_path)["normalizers"]
+    trainer.run(StopSignals())
+    live = normalizer_stats(trainer.collector.envs)
+    saved = {name: running_stats(state) for name, state in load_checkpoint(tmp_path)["collector"]["normalizers"].items()}
     assert set(saved) == {"obs", "return"}
     for name in ("obs", "return"):
         assert saved[name].count == live[name].count > 2000
-        assert np.allclose(saved[name].mean, live[name].mean) and np.allclose(saved[name].var, live[name].var)
+        assert np.array_equal(saved[name].mean, live[name].mean) and np.array_equal(saved[name].var, live[name].var)
     assert not np.allclose(saved["obs"].mean, 0)
     # `rlrun eval` rebuilds the policy and normaliser from the checkpoint: same numbers as the run's own evaluation
     result = run_rlrun("eval", str(tmp_path), "--episodes", "2", "--seed", str(config.seed + 1_000_000), cwd=tmp_path)
@@ -123,18 +124,18 @@ def test_any_gymnasium_id_runs_with_generic_defaults(tmp_path):
 
 
 def test_tuned_presets_apply_to_their_pair_only():
-    hopper = to_object(compose_config("env=Hopper-v5", "env.id=Hopper-v5"))
+    hopper = to_object(compose_config("env=Hopper-v5"))
     assert (hopper.algo.rollout_steps, hopper.algo.num_minibatches, hopper.total_timesteps) == (2048, 32, 1_000_000)
     assert hopper.env.normalize_obs and hopper.env.num_envs == 1
-    kl = to_object(compose_config("algo=ppo_kl", "env=Hopper-v5", "env.id=Hopper-v5"))
+    kl = to_object(compose_config("algo=ppo_kl", "env=Hopper-v5"))
     assert kl.algo.rollout_steps == 32  # no ppo_kl preset for Hopper: the algorithm's own defaults
 
 
 @pytest.mark.parametrize("mode", ["vector_entry_point", "sync", "async"])
 def test_every_vectorisation_mode_runs(tmp_path, mode):
-    cfg = compose_config("env.id=CartPole-v1", f"env.vectorization={mode}", "env.num_envs=2", "algo.rollout_steps=64", "total_timesteps=256", "eval_episodes=1")
+    cfg = compose_config(f"env.vectorization={mode}", "env.num_envs=2", "algo.rollout_steps=64", "total_timesteps=256", "eval_episodes=1")
     trainer = Trainer(to_object(cfg), {}, tmp_path)
     expected = {"vector_entry_point": "CartPoleVectorEnv", "sync": "SyncVectorEnv", "async": "AsyncVectorEnv"}[mode]
-    assert type(trainer.envs.unwrapped).__name__ == expected
-    trainer.run()
+    assert type(trainer.collector.envs.unwrapped).__name__ == expected
+    trainer.run(StopSignals())
     assert trainer.global_step >= 256

@@ -12,9 +12,11 @@ import torch
 from rlrun.algos.base import score_function_variance
 from rlrun.algos.pg import PG, PGBaseline, policy_gradient_loss
 from rlrun.algos.ppo import PPOKL, PPOClip, adapt_kl_beta
-from rlrun.config import Baseline, PGBaselineConfig, PGConfig, PolicyConfig, PPOClipConfig, PPOKLConfig
+from conftest import algo_config, policy_config
+from rlrun.algos.pg import Baseline
 from rlrun.policies import ActorCritic
 from rlrun.rollout import Batch, Rollout
+from rlrun.trainer import policy_change
 
 MEAN_REWARDS = torch.tensor([10.0, 11.0, 12.5])  # all positive: the tutorial's case for a baseline
 EPISODES_PER_BATCH = 16
@@ -23,7 +25,7 @@ BATCHES = 1500
 
 def _bandit_policy():
     torch.manual_seed(0)
-    policy = ActorCritic(gym.spaces.Box(-1, 1, (1,)), gym.spaces.Discrete(3), PolicyConfig(hidden_sizes=[]))
+    policy = ActorCritic(gym.spaces.Box(-1, 1, (1,)), gym.spaces.Discrete(3), policy_config("hidden_sizes=[]"))
     with torch.no_grad():
         policy.actor.body[0].bias.copy_(torch.tensor([0.3, -0.2, 0.1]))
     return policy
@@ -66,18 +68,18 @@ def _assert_unbiased(estimates, exact):
 
 
 def test_vanilla_pg_estimator_is_unbiased():
-    algo = PG(PGConfig(), _bandit_policy())
+    algo = PG(algo_config("pg"), _bandit_policy())
     _assert_unbiased(_estimates(algo), _exact_gradient(algo.policy))
 
 
 @pytest.mark.parametrize("baseline", [Baseline.mean, Baseline.value])
 def test_baselines_keep_the_estimator_unbiased_and_cut_its_variance(baseline):
-    vanilla = _estimates(PG(PGConfig(), _bandit_policy()))
+    vanilla = _estimates(PG(algo_config("pg"), _bandit_policy()))
     policy = _bandit_policy()
     if baseline == Baseline.value:  # a fixed, imperfect V(s): any function of s is unbiased
         with torch.no_grad():
             policy.critic[-1].bias.fill_(10.0)
-    with_baseline = _estimates(PGBaseline(PGBaselineConfig(baseline=baseline), policy))
+    with_baseline = _estimates(PGBaseline(algo_config("pg_baseline", f"baseline={baseline.value}"), policy))
     _assert_unbiased(with_baseline, _exact_gradient(policy))
     assert with_baseline.var(0).sum() < 0.2 * vanilla.var(0).sum()
 
@@ -104,12 +106,13 @@ def _cartpole_batch(policy, size=64):
     return Batch(obs, actions, old_log_probs, dist_params, torch.zeros(size), dones, advantages, advantages)
 
 
-@pytest.mark.parametrize("algo_class, config", [(PPOKL, PPOKLConfig()), (PPOClip, PPOClipConfig())])
-def test_importance_sampling_identity_at_theta_old(algo_class, config):
+@pytest.mark.parametrize("algo_class", [PPOKL, PPOClip])
+def test_importance_sampling_identity_at_theta_old(algo_class):
+    config = algo_config(algo_class.name)
     """At theta = theta_old the PPO objectives' gradient is eq. 13's estimate (eq. 16-17):
     grad r_t = grad log pi at r_t = 1, the clip is inactive and the KL is at its minimum."""
     torch.manual_seed(0)
-    policy = ActorCritic(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2), PolicyConfig())
+    policy = ActorCritic(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2), policy_config())
     algo = algo_class(config, policy)
     batch = _cartpole_batch(policy)
     params = list(policy.actor.parameters())
@@ -134,14 +137,16 @@ def test_importance_sampling_identity_at_theta_old(algo_class, config):
 )
 def test_adaptive_beta_rule(kl, expected):
     """Schulman et al. 2017: beta /= 2 below d_targ / 1.5, beta *= 2 above 1.5 d_targ, else kept."""
-    assert adapt_kl_beta(1.0, kl, kl_target=0.01) == expected
+    assert adapt_kl_beta(1.0, kl, kl_target=0.01, beta_min=1e-3, beta_max=1e3) == expected
 
 
 def test_ppo_kl_update_adapts_beta_only_when_adaptive():
     for adaptive in (True, False):
         torch.manual_seed(0)
-        policy = ActorCritic(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2), PolicyConfig())
-        algo = PPOKL(PPOKLConfig(adaptive=adaptive, beta_init=1.0, kl_target=1e-6, lr=1e-2), policy)
-        stats = algo.update(_cartpole_batch(policy))
+        policy = ActorCritic(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2), policy_config())
+        algo = PPOKL(algo_config("ppo_kl", f"adaptive={adaptive}", "beta_init=1.0", "kl_target=1e-6", "lr=1e-2"), policy)
+        batch = _cartpole_batch(policy)
+        stats = algo.update(batch)
         assert stats["kl_beta"] == 1.0 and "kl_penalty" in stats
+        algo.after_update({**stats, **policy_change(policy, batch)})
         assert algo.kl_beta == (2.0 if adaptive else 1.0)  # the update moved KL far past 1.5e-6

@@ -9,10 +9,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 from omegaconf import OmegaConf
-from PIL import Image
 
 from conftest import TINY, run_rlrun
 
@@ -103,53 +101,6 @@ def test_optuna_search_space_from_the_command_line(tmp_path):
     result = run_rlrun("train", "-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "algo.lr=interval(1e-4,1e-3)", *TINY, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     _assert_complete_runs(sweep_dir, 2)
-
-
-def test_group_curves_stop_where_the_shortest_run_ends():
-    from rlrun.analysis import bootstrap_ci, on_grid
-
-    grid, values = on_grid([(np.array([0.0, 10.0]), np.array([0.0, 10.0])), (np.array([0.0, 4.0]), np.array([4.0, 0.0]))], points=5)
-    assert grid.tolist() == [0, 1, 2, 3, 4]
-    mean, low, high = bootstrap_ci(values)
-    assert mean.tolist() == [2.0] * 5 and (low <= mean).all() and (high >= mean).all()
-
-
-def test_plot_writes_a_png_of_the_expected_size(sweep_dir, tmp_path):
-    for x in ("steps", "seconds"):
-        output = tmp_path / f"curves_{x}.png"
-        result = run_rlrun("plot", str(sweep_dir), "--group-by", "algo", "--x", x, "-o", str(output), cwd=tmp_path)
-        assert result.returncode == 0, result.stderr
-        with Image.open(output) as image:
-            assert image.format == "PNG" and image.size == (1200, 750)
-
-
-def test_summary_tabulates_each_group(sweep_dir, tmp_path):
-    result = run_rlrun("summary", str(sweep_dir), "--threshold", "20", cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    lines = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 5}
-    assert set(lines) == {"ppo_clip", "ppo_kl"}
-    for algo, line in lines.items():
-        cells = [cell.strip() for cell in line.split("│")[1:-1]]
-        finals = [json.loads((run / "summary.json").read_text())["eval_return_mean"] for run in _runs(sweep_dir) if f"algo={algo}," in run.name]
-        assert cells[1] == "2" and cells[2].startswith(f"{sum(finals) / 2:.1f} ± ") and cells[2].endswith("(n=2)")
-        assert cells[4] == "2/2"  # every run's recent return passed 20
-
-
-def test_readers_cope_with_runs_in_progress_and_missing_data(sweep_dir, tmp_path):
-    partial = tmp_path / "partial"
-    partial.mkdir()
-    runs = _runs(sweep_dir)
-    for run in runs[:2]:  # one whole run, one that has not written events or a summary yet
-        subprocess.run(["cp", "-r", str(run), str(partial)], check=True)
-    (partial / runs[1].name / "summary.json").unlink()
-    subprocess.run(["rm", "-r", str(partial / runs[1].name / "tb")], check=True)
-    summary = run_rlrun("summary", str(partial), cwd=tmp_path)
-    assert summary.returncode == 0, summary.stderr
-    assert "│       1 │" in summary.stdout  # one running
-    plot = run_rlrun("plot", str(partial), "-o", str(tmp_path / "p.png"), cwd=tmp_path)
-    assert plot.returncode == 0 and "no rollout/episodic_return yet" in plot.stderr
-    empty = run_rlrun("summary", str(tmp_path / "nothing_here"), cwd=tmp_path)
-    assert empty.returncode == 2 and "Traceback" not in empty.stderr
 
 
 def _free_port():

@@ -9,37 +9,36 @@ from rlrun.trainer import Trainer
 
 
 def _trainer(tmp_path, *overrides):
-    cfg = compose_config("env.id=CartPole-v1", *overrides)
+    cfg = compose_config(*overrides)
     return Trainer(to_object(cfg), {}, tmp_path)
 
 
 def test_fixed_rollouts_mask_reset_steps(tmp_path):
     trainer = _trainer(tmp_path, "algo=ppo_clip", "algo.rollout_steps=200", "env.num_envs=4")
-    trainer.collect()
+    episodes = trainer.collector.collect(trainer.policy, trainer.rollout)
     rollout = trainer.rollout
     ends = rollout.dones[:-1].nonzero()
     assert len(ends) > 0
     for t, n in ends.tolist():  # the step after a done is the env resetting
         assert not rollout.valid[t + 1, n] and rollout.rewards[t + 1, n] == 0
-    assert int(rollout.valid.sum()) == 200 * 4 - len(ends) == trainer.global_step
+    assert int(rollout.valid.sum()) == 200 * 4 - len(ends) == episodes.steps
     assert rollout.valid[0].all()
 
 
 def test_whole_episode_rollouts_hold_one_complete_episode_per_env(tmp_path):
     trainer = _trainer(tmp_path, "algo=pg", "env.num_envs=4")
     for _ in range(2):  # the second collection starts fresh episodes
-        trainer.collect()
+        trainer.collector.collect(trainer.policy, trainer.rollout)
         rollout = trainer.rollout
         lengths = rollout.valid.sum(0)
         for n, length in enumerate(lengths.tolist()):
             assert rollout.valid[:length, n].all() and not rollout.valid[length:, n].any()
             assert rollout.dones[length - 1, n] and not rollout.dones[: length - 1, n].any()
-    assert trainer.global_step > 0
 
 
 def test_pg_baseline_with_every_switch_off_is_vanilla_pg(tmp_path):
     trainer = _trainer(tmp_path, "algo=pg_baseline", "algo.baseline=none", "algo.gamma=1", "algo.reward_to_go=false", "env.num_envs=3")
-    trainer.collect()
+    trainer.collector.collect(trainer.policy, trainer.rollout)
     rollout = trainer.rollout
     vanilla, _ = PG(trainer.config.algo, trainer.policy).advantages(rollout)
     off, _ = trainer.algo.advantages(rollout)

@@ -1,19 +1,22 @@
-"""The algorithms, keyed by the config class that selects them (one yaml in configs/algo/ each)."""
+"""The algorithms: every module of this package is imported, and each `Algorithm` subclass
+with a `name` registers itself in `ALGORITHMS` (see `rlrun.algos.base` for the contract)."""
 
 from __future__ import annotations
 
-from rlrun.algos.base import Algorithm
-from rlrun.algos.pg import PG, PGBaseline
-from rlrun.algos.ppo import PPOKL, PPOClip
-from rlrun.config import PGBaselineConfig, PGConfig, PPOClipConfig, PPOKLConfig
+import importlib
+import pkgutil
 
-ALGORITHMS: dict[type, type[Algorithm]] = {
-    PGConfig: PG,
-    PGBaselineConfig: PGBaseline,
-    PPOKLConfig: PPOKL,
-    PPOClipConfig: PPOClip,
-}
+from rlrun.algos.base import ALGORITHMS, Algorithm
+
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
 
 
 def algorithm_class(config: object) -> type[Algorithm]:
-    return ALGORITHMS[type(config)]
+    """The algorithm whose `config_class` `config` is an instance of."""
+    return next(cls for cls in ALGORITHMS.values() if type(config) is cls.config_class)
+
+
+def config_classes() -> dict[str, type]:
+    """`algo=` choice -> the dataclass that types its yaml."""
+    return {name: cls.config_class for name, cls in sorted(ALGORITHMS.items())}

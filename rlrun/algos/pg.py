@@ -8,12 +8,65 @@ tutorial's Algorithm 1: the data is used once, then thrown away.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import Enum
+from typing import Optional
+
 import torch
+from omegaconf import MISSING
 
 from rlrun.algos.base import Algorithm, normalize, score_function_variance
-from rlrun.config import Baseline, PGBaselineConfig, PGConfig
+from rlrun.config import OptimConfig, bound, check, unit_interval
 from rlrun.returns import episode_returns, gae, reward_to_go
 from rlrun.rollout import Batch, Rollout
+
+
+@dataclass
+class PGConfig(OptimConfig):
+    """configs/algo/pg.yaml."""
+
+    normalize_advantages: bool = MISSING
+
+
+class Baseline(str, Enum):
+    """What pg_baseline subtracts from the return (the b of the list after eq. 13)."""
+
+    none = "none"
+    mean = "mean"  # the mean return of the batch's other episodes
+    value = "value"  # a learned V(s_t), regressed on the returns
+
+
+@dataclass
+class PGBaselineConfig(PGConfig):
+    """configs/algo/pg_baseline.yaml."""
+
+    reward_to_go: bool = MISSING  # weight a_t by rewards from t on, not the whole episode's
+    gamma: float = MISSING  # discount gamma^(t'-t)
+    baseline: Baseline = MISSING
+    gae_lambda: Optional[float] = MISSING  # GAE(lambda) with the learned V instead of Monte Carlo
+    value_steps: int = MISSING  # critic regression steps per update (baseline=value)
+    vf_coef: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unit_interval("algo.gamma", self.gamma, open_at_zero=True)
+        bound("algo.value_steps", self.value_steps, ">=", 1)
+        bound("algo.vf_coef", self.vf_coef, ">", 0)
+        unit_interval("algo.gae_lambda", self.gae_lambda, open_at_zero=False, nullable=True)
+        if self.gae_lambda is not None:
+            check(
+                self.baseline == Baseline.value,
+                "algo.gae_lambda needs the learned value baseline (algo.baseline=value); "
+                f"got algo.baseline={self.baseline.value}.",
+            )
+
+    def check_run(self, num_envs: int, total_timesteps: int) -> None:
+        if self.baseline == Baseline.mean:
+            check(
+                num_envs >= 2,
+                "algo.baseline=mean estimates each episode's baseline from the other episodes "
+                f"of the batch (one per env), so it needs env.num_envs >= 2; got {num_envs}.",
+            )
 
 
 class PG(Algorithm):
@@ -25,6 +78,7 @@ class PG(Algorithm):
     """
 
     name = "pg"
+    config_class = PGConfig
     whole_episodes = True
     config: PGConfig
 
@@ -62,11 +116,16 @@ class PGBaseline(PG):
     """
 
     name = "pg_baseline"
+    config_class = PGBaselineConfig
     config: PGBaselineConfig
 
     @classmethod
     def needs_critic(cls, config):
         return config.baseline == Baseline.value
+
+    @classmethod
+    def discount(cls, config) -> float:
+        return config.gamma
 
     def advantages(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.config

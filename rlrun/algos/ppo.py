@@ -9,19 +9,97 @@ pi_theta close to pi_old: PPO-KL with a KL penalty (eq. 18), PPO-clip by clippin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
+from omegaconf import MISSING
 from torch.distributions import Distribution, kl_divergence
 
-from rlrun.algos.base import Algorithm, normalize, policy_change
-from rlrun.config import PPOClipConfig, PPOConfig, PPOKLConfig
+from rlrun.algos.base import Algorithm, normalize
+from rlrun.config import OptimConfig, bound, check, check_one_rollout, unit_interval
 from rlrun.returns import gae
 from rlrun.rollout import Batch, Rollout
+
+
+@dataclass
+class PPOConfig(OptimConfig):
+    """Shared by both PPO variants: fixed-length rollouts, GAE, minibatch epochs."""
+
+    rollout_steps: int = MISSING
+    epochs: int = MISSING
+    num_minibatches: int = MISSING
+    gamma: float = MISSING
+    gae_lambda: float = MISSING
+    normalize_advantages: bool = MISSING
+    ent_coef: float = MISSING
+    vf_coef: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bound("algo.rollout_steps", self.rollout_steps, ">=", 1)
+        bound("algo.epochs", self.epochs, ">=", 1)
+        bound("algo.num_minibatches", self.num_minibatches, ">=", 1)
+        unit_interval("algo.gamma", self.gamma, open_at_zero=True)
+        unit_interval("algo.gae_lambda", self.gae_lambda, open_at_zero=False)
+        bound("algo.ent_coef", self.ent_coef, ">=", 0)
+        bound("algo.vf_coef", self.vf_coef, ">=", 0)
+
+    def check_run(self, num_envs: int, total_timesteps: int) -> None:
+        check_one_rollout(self.rollout_steps, num_envs, total_timesteps)
+        batch_size = self.rollout_steps * num_envs
+        check(
+            self.num_minibatches <= batch_size,
+            f"algo.num_minibatches ({self.num_minibatches}) exceeds the batch size "
+            f"(algo.rollout_steps * env.num_envs = {batch_size}).",
+        )
+
+
+@dataclass
+class PPOClipConfig(PPOConfig):
+    """configs/algo/ppo_clip.yaml."""
+
+    clip_eps: float = MISSING
+    target_kl: Optional[float] = MISSING  # stop an update's epochs once approx_kl exceeds it
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bound("algo.clip_eps", self.clip_eps, ">", 0)
+        bound("algo.target_kl", self.target_kl, ">", 0, nullable=True)
+
+
+@dataclass
+class PPOKLConfig(PPOConfig):
+    """configs/algo/ppo_kl.yaml."""
+
+    kl_target: float = MISSING  # d_targ
+    beta_init: float = MISSING
+    adaptive: bool = MISSING  # false: beta stays beta_init
+    beta_min: float = MISSING  # the adaptive rule keeps beta within [beta_min, beta_max]
+    beta_max: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bound("algo.kl_target", self.kl_target, ">", 0)
+        bound("algo.beta_init", self.beta_init, ">=", 0)
+        bound("algo.beta_min", self.beta_min, ">", 0)
+        bound("algo.beta_max", self.beta_max, ">=", self.beta_min)
+        if self.adaptive:
+            check(
+                self.beta_min <= self.beta_init <= self.beta_max,
+                f"algo.beta_init ({self.beta_init}) must lie within [algo.beta_min, algo.beta_max] "
+                f"= [{self.beta_min}, {self.beta_max}] when algo.adaptive=true.",
+            )
 
 
 class PPO(Algorithm):
     """The part both PPO variants share; a subclass supplies `policy_loss`."""
 
     config: PPOConfig
+
+    @classmethod
+    def discount(cls, config) -> float:
+        return config.gamma
 
     def advantages(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         return gae(
@@ -91,6 +169,7 @@ class PPOClip(PPO):
     """
 
     name = "ppo_clip"
+    config_class = PPOClipConfig
     config: PPOClipConfig
 
     def policy_loss(self, ratio, advantages, dist, minibatch):
@@ -115,6 +194,7 @@ class PPOKL(PPO):
     """
 
     name = "ppo_kl"
+    config_class = PPOKLConfig
     config: PPOKLConfig
 
     def __init__(self, config: PPOKLConfig, policy):
@@ -134,18 +214,20 @@ class PPOKL(PPO):
         return -(surrogate - self.kl_beta * kl), {"kl_penalty": kl}
 
     def update(self, batch: Batch) -> dict[str, float]:
-        stats = super().update(batch)
-        stats["kl_beta"] = self.kl_beta  # the beta this update used
-        stats.update(policy_change(self.policy, batch))  # its kl is d of the rule; logged as is
+        return {**super().update(batch), "kl_beta": self.kl_beta}  # the beta this update used
+
+    def after_update(self, stats: dict[str, float]) -> None:
+        """d of the rule is the trainer's exact KL(pi_old || pi_new) over the batch."""
         if self.config.adaptive:
-            self.kl_beta = adapt_kl_beta(self.kl_beta, stats["kl"], self.config.kl_target)
-        return stats
+            config = self.config
+            self.kl_beta = adapt_kl_beta(self.kl_beta, stats["kl"], config.kl_target, config.beta_min, config.beta_max)
 
 
-def adapt_kl_beta(kl_beta: float, kl: float, kl_target: float) -> float:
-    """Halve beta when the update moved less than d_targ / 1.5, double it past 1.5 d_targ."""
+def adapt_kl_beta(kl_beta: float, kl: float, kl_target: float, beta_min: float, beta_max: float) -> float:
+    """Halve beta when the update moved less than d_targ / 1.5, double it past 1.5 d_targ
+    (Schulman et al. 2017, sec. 4), within [beta_min, beta_max]."""
     if kl < kl_target / 1.5:
-        return kl_beta / 2
-    if kl > kl_target * 1.5:
-        return kl_beta * 2
-    return kl_beta
+        kl_beta /= 2
+    elif kl > kl_target * 1.5:
+        kl_beta *= 2
+    return min(max(kl_beta, beta_min), beta_max)
