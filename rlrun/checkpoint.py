@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rich.console import Console
+from rich.markup import escape
 
 from rlrun.config import flatten
 from rlrun.errors import RLRunError
@@ -38,12 +40,16 @@ REQUIRED_KEYS = {"format_version", "config", "global_step", "updates", "policy",
 RESUMABLE_CHANGES = {"resume", "total_timesteps"}  # what a resumed run may change
 
 log = logging.getLogger(__name__)
+_umask = os.umask(0)
+os.umask(_umask)
+FILE_MODE = 0o666 & ~_umask
 
 
 def atomic_write(path: Path, write: Callable[[Path], Any]) -> None:
     """`write` a uniquely named temporary file beside `path`, then rename it into place: a crash
     or a full disk leaves the old `path` whole and no temporary file behind."""
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.fchmod(fd, FILE_MODE)  # mkstemp makes it private; a run's files are as shareable as any
     os.close(fd)
     tmp = Path(name)
     try:
@@ -93,8 +99,10 @@ def load_checkpoint(run_dir: Path) -> dict[str, Any]:
             problems.append(f"{path} is unreadable ({type(err).__name__}: {err})")
             continue
         _check_format(path, state)
-        if problems:
-            log.warning("using %s: %s", path, "; ".join(problems))
+        if problems:  # on the terminal too: a run's log file is not where people look
+            message = f"using {path}: {'; '.join(problems)}"
+            log.warning(message)
+            Console(stderr=True).print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
         return state
     raise RLRunError(f"No usable checkpoint in {run_dir}: {'; '.join(problems)}.")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import hashlib
 import gc
 import importlib.util
 import os
@@ -19,16 +20,19 @@ import sys
 import time
 from importlib.resources import files
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import hydra
 import typer
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 from rich.markup import escape
 
+from rlrun import __version__
 from rlrun.config import register_schemas
 from rlrun.errors import RLRunError
 
@@ -44,10 +48,23 @@ app = typer.Typer(
 stderr = Console(stderr=True)
 _job_started = False  # whether Hydra got as far as running a job
 _new_run_dirs: set[Path] = set()  # run directories this process created (a refusal removes them)
+_new_parents: set[Path] = set()  # and the directories it made to hold them
+
+
+def _print_version() -> None:
+    Console().print(f"rlrun {__version__} (hydra-core {hydra.__version__}, Python {sys.version.split()[0]})", highlight=False)
+
+
+def _version_option(value: bool) -> None:
+    if value:
+        _print_version()
+        raise typer.Exit()
 
 
 @app.callback()
-def _commands() -> None:
+def _commands(
+    version: bool = typer.Option(False, "--version", callback=_version_option, is_eager=True, help="Print rlrun's version and exit."),
+) -> None:
     """Keeps `train` a subcommand (Typer flattens single-command apps)."""
 
 
@@ -67,8 +84,10 @@ def _train_job(cfg: DictConfig) -> float:
             # Only once: in a sweep, a later freeze would also pin the earlier jobs' garbage.
             gc.freeze()
         run_dir = Path(HydraConfig.get().runtime.output_dir)
+        choices = HydraConfig.get().runtime.choices
+        chosen = {"algo": choices.algo, "env": choices.env, "preset": _preset(choices.tuned)}
         try:
-            return train(cfg, run_dir, signals)
+            return train(cfg, run_dir, signals, chosen)
         except RLRunError as err:
             if HydraConfig.get().mode == RunMode.MULTIRUN:
                 raise  # Hydra reports it, marks this job failed and runs the sweep's other jobs
@@ -78,10 +97,11 @@ def _train_job(cfg: DictConfig) -> float:
 
 
 def _remove_new_run_dir(run_dir: Path) -> None:
-    """Refused before training: leave no run behind (nor the date directory it was the first of)."""
+    """Refused before training: leave no run behind, nor the directories made to hold it."""
     shutil.rmtree(run_dir, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        run_dir.parent.rmdir()  # only if empty
+    for parent in sorted(_new_parents, key=lambda path: len(path.parts), reverse=True):
+        with contextlib.suppress(OSError):
+            parent.rmdir()  # only if empty
 
 
 @app.command(
@@ -98,6 +118,11 @@ def train(ctx: typer.Context) -> None:
     `rlrun train -m seed=1,2,3` (a sweep), `rlrun train --cfg job` (print the config),
     `rlrun train resume=RUN_DIR` (continue an interrupted run), `rlrun train --help`.
     """
+    global _job_started
+    _job_started, SweepReport.sweep_dir, SweepReport.failed = False, None, 0  # fresh for each invocation
+    if "--version" in ctx.args:
+        _print_version()
+        return
     from rlrun.algos import config_classes
 
     register_schemas(config_classes())
@@ -109,9 +134,11 @@ def train(ctx: typer.Context) -> None:
     sys.argv = [f"{sys.argv[0]} train", *args]
     try:
         _train_job()
+        SweepReport.print_commands()
     except SystemExit as exit_:
         if exit_.code == 1 and not _job_started:
             raise SystemExit(2) from None  # Hydra refused the overrides or config; it said why
+        SweepReport.print_commands()
         raise
     except ValueError as err:  # Hydra's check of its own flags, e.g. -m with --cfg
         if _job_started:
@@ -127,7 +154,7 @@ def evaluate_command(
     run_dir: Path = typer.Argument(..., help="A run directory (holds checkpoint.pt)."),
     episodes: int = typer.Option(10, min=1, help="Episodes to play."),
     seed: Optional[int] = typer.Option(None, help="Seed of the first episode (default: the seed of the run's own final evaluation)."),
-    video: Optional[Path] = typer.Option(None, help="Record every episode as MP4 into this directory (needs `pip install 'rlrun[video]'`)."),
+    video: Optional[Path] = typer.Option(None, help="Record every episode as MP4 into this directory (needs `pip install 'rlrun\\[video]'`)."),
 ) -> None:
     """Evaluate a trained run deterministically with the configuration it was trained with."""
     from rlrun.evaluation import evaluate_run
@@ -339,6 +366,35 @@ def _exit_with(err: RLRunError) -> None:
     raise SystemExit(err.exit_code)
 
 
+class SweepReport(Callback):
+    """Hydra callback (configs/config.yaml, hydra.callbacks): a sweep says where it writes, a
+    failing job's error is shown when it fails, and the end gives the commands to read it."""
+
+    sweep_dir: Path | None = None
+    failed = 0
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        SweepReport.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        stderr.print(f"sweep dir {SweepReport.sweep_dir}", highlight=False, soft_wrap=True)
+
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        if job_return.status == JobStatus.FAILED and HydraConfig.get().mode == RunMode.MULTIRUN:
+            SweepReport.failed += 1
+            error = " ".join(str(job_return._return_value).split())
+            stderr.print(f"[bold red]job {config.hydra.job.num} failed[/] ({escape(','.join(job_return.overrides))}): {escape(error)}", highlight=False, soft_wrap=True)
+
+    @classmethod
+    def print_commands(cls) -> None:
+        if cls.sweep_dir is None:
+            return
+        failed = f" ({cls.failed} failed)" if cls.failed else ""
+        Console().print(
+            f"sweep done{failed}: {cls.sweep_dir}\n  rlrun summary {cls.sweep_dir}\n  rlrun summary {cls.sweep_dir} --runs\n"
+            f"  rlrun plot {cls.sweep_dir}\n  tensorboard --logdir {cls.sweep_dir}",
+            highlight=False, soft_wrap=True,
+        )
+
+
 def _resume_arguments(args: list[str]) -> list[str]:
     """`resume=DIR [total_timesteps=N]` -> the run's own overrides, continuing in DIR.
 
@@ -450,7 +506,7 @@ def _check_overrides(args: list[str]) -> list[str]:
     keys only."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    candidates = [arg for arg in args if "=" in arg and not arg.startswith("-")]
+    candidates = [arg for arg in args if ("=" in arg or arg.startswith("~")) and not arg.startswith("-")]
     parser = OverridesParser.create()
     overrides = []
     for arg in candidates:
@@ -461,6 +517,11 @@ def _check_overrides(args: list[str]) -> list[str]:
         if not overrides[-1].key_or_group:
             raise RLRunError(f"The override {arg!r} names no key; write key=value, e.g. algo.lr=1e-3.")
     algos = _chosen_algos(overrides)
+    _check_room(Path.cwd())
+    from rlrun.algos import config_classes
+    from rlrun.config import check_known_key
+
+    algo_configs = config_classes()
     for override in overrides:
         group = override.key_or_group
         if group.startswith("hydra") and group not in ("hydra/launcher", "hydra/sweeper"):
@@ -474,10 +535,8 @@ def _check_overrides(args: list[str]) -> list[str]:
         if group in CHECKED_GROUPS + ("hydra/launcher", "hydra/sweeper"):
             _check_choices(group, values)
         elif "/" not in group:
-            from rlrun.config import ALGO_CONFIGS, check_known_key
-
             for algo in algos:
-                check_known_key(group, ALGO_CONFIGS[algo])
+                check_known_key(group, algo_configs[algo], algo_configs)
     if "-m" in args or "--multirun" in args:
         constant = sorted({o.key_or_group for o in overrides if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")})
         args = [*args, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(constant)}]"]
@@ -519,8 +578,27 @@ def _check_choices(group: str, values: list[str | None]) -> None:
             raise RLRunError(f"Unknown {group} {value!r}.{hint} Available: {', '.join(options)}.{extra}")
 
 
+MIN_FREE_BYTES = 64 << 10  # less than this and Hydra's own first files would not fit
+
+
+def _check_room(path: Path) -> None:
+    """Refuse a path no file system can hold, and a disk with no room for a run's first files."""
+    if any(len(part.encode()) > 255 for part in path.parts) or len(str(path).encode()) > 4000:
+        raise RLRunError(f"The directory name {str(path)[:80]}... is too long for the file system (255 bytes a name).")
+    existing = next(parent for parent in (path, *path.parents) if parent.exists())
+    free = shutil.disk_usage(existing).free
+    if free < MIN_FREE_BYTES:
+        raise DiskFullRefusal(f"The disk holding {existing} is full ({free:,} bytes free); free some space, then run again. Nothing was written.")
+
+
+class DiskFullRefusal(RLRunError):
+    exit_code = 1  # 2 is kept for refused configurations
+
+
 def _check_run_dir(override, args: list[str]) -> None:
     """A new run never writes into a directory that already holds one (resume continues one)."""
+    if override.key_or_group in ("hydra.run.dir", "hydra.sweep.dir"):
+        _check_room(Path(str(override.value())).resolve())
     if override.key_or_group != "hydra.run.dir" or any(arg.startswith("resume=") for arg in args):
         return
     run_dir = Path(str(override.value())).resolve()
@@ -537,6 +615,7 @@ def _new_dir(path: str) -> str:
     """`path`, or `path_2`, `path_3`... : the first that no other run has, created here. mkdir
     is atomic, so processes started in the same second still get a directory each."""
     base = Path(path)
+    _new_parents.update(parent.resolve() for parent in base.parents if not parent.exists())
     base.parent.mkdir(parents=True, exist_ok=True)
     candidate, n = base, 1
     while True:
@@ -561,12 +640,29 @@ def _job_name(overrides: ListConfig, exclude_keys: ListConfig) -> str:
         return value if number.is_integer() else f"{number:.4g}"
 
     pairs = [o.partition("=") for o in overrides]
-    return ",".join(f"{key}={short(value)}" for key, _, value in pairs if key.lstrip("+~") not in exclude_keys) or "run"
+    name = ",".join(f"{key}={short(value)}" for key, _, value in pairs if key.lstrip("+~") not in exclude_keys) or "run"
+    if len(name.encode()) > 200:  # file names end at 255 bytes; the job number and a digest fit
+        name = f"{name.encode()[:180].decode(errors='ignore')}~{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return name
 
 
 # use_cache: Hydra resolves these more than once per run, and copies the cache to each job.
 OmegaConf.register_new_resolver("rlrun.new_dir", _new_dir, use_cache=True)
 OmegaConf.register_new_resolver("rlrun.job_name", _job_name, use_cache=True)
+OmegaConf.register_new_resolver("rlrun.preset_note", lambda tuned: _preset_note(tuned))
+
+
+def _preset(tuned: str) -> str:
+    """The preset file of a `tuned` choice, or "none" where the pair has no preset."""
+    path = f"tuned/{tuned}.yaml"
+    return f"configs/{path}" if files("rlrun.configs").joinpath(path).is_file() else "none"
+
+
+def _preset_note(tuned: str) -> str:
+    preset = _preset(tuned)
+    if preset != "none":
+        return f"Applied here: {preset} (its values replace the algorithm's defaults shown elsewhere)."
+    return f"No preset for {tuned}: the algorithm's and the environment's own values."
 
 
 def main() -> None:

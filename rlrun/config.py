@@ -191,9 +191,11 @@ def _known_keys(algo_config: type) -> list[str]:
     return top + _fields(algo_config, "algo.") + _fields(EnvConfig, "env.") + _fields(PolicyConfig, "policy.")
 
 
-def check_known_key(key: str, algo_config: type) -> None:
+def check_known_key(key: str, algo_config: type, algo_configs: dict[str, type] | None = None) -> None:
     """Refuse a key that the run's schema (`algo_config` for `algo.*`) does not have, naming
-    the closest known keys and the algorithms that do have it."""
+    the closest known keys and the algorithms (of `algo_configs`, default: the registered
+    ones) that do have it."""
+    algo_configs = ALGO_CONFIGS if algo_configs is None else algo_configs
     known = _known_keys(algo_config)
     if key in known or not is_dataclass(algo_config):
         return
@@ -201,11 +203,11 @@ def check_known_key(key: str, algo_config: type) -> None:
 
     close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
     leaf = key.rpartition(".")[2]
-    owners = [name for name, schema in ALGO_CONFIGS.items() if leaf in _fields(schema)]
+    owners = [name for name, schema in algo_configs.items() if leaf in _fields(schema)]
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
     if key.startswith("algo.") and owners:
         hint += f" `{leaf}` is a key of {', '.join(f'algo={name}' for name in owners)}."
-    algo = next((name for name, schema in ALGO_CONFIGS.items() if schema is algo_config), algo_config.__name__)
+    algo = next((name for name, schema in algo_configs.items() if schema is algo_config), algo_config.__name__)
     raise RLRunError(
         f"Unknown configuration key {key!r}: the config of algo={algo} has no such key, and rlrun "
         f"never reads a key its schema lacks (a `+` prefix does not change that).{hint} "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from contextlib import closing
 from pathlib import Path
 
@@ -71,6 +72,10 @@ def evaluate_run(run_dir: Path, episodes: int, seed: int | None = None, video_di
 
     The default seed is the one the run's own final evaluation used, so the numbers agree.
     """
+    if video_dir is not None:
+        # Frames are drawn off screen: without this, SDL looks for a display and prints an
+        # "XDG_RUNTIME_DIR is invalid" line that reads like rlrun's own error.
+        os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
     state = load_checkpoint(run_dir)
     saved = state["config"]
     try:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import math
 import os
+import shutil
 import signal
 import threading
 from pathlib import Path
@@ -26,6 +28,46 @@ class RunInterrupted(KeyboardInterrupt):
 
 class TrainingDiverged(RLRunError):
     exit_code = 1
+
+
+class DiskFull(RLRunError):
+    """The run's disk filled up: stop, say what is kept, and let `resume` continue later."""
+
+    exit_code = 1
+
+    def __init__(self, run_dir: Path):
+        steps = sorted(_checkpoint_steps(run_dir))
+        kept = (
+            f"its newest complete checkpoint (env step {steps[-1]:,}) is kept, and `rlrun train "
+            f"resume={run_dir}` continues from it once there is room"
+            if steps else "no checkpoint had been written yet"
+        )
+        free = shutil.disk_usage(run_dir).free if run_dir.exists() else 0
+        super().__init__(
+            f"The disk holding {run_dir} is full ({free:,} bytes free): the run stopped, and what it "
+            f"could not write is lost; {kept}. No temporary files are left behind."
+        )
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether `error` (or what it wraps: torch.save turns the OSError into a RuntimeError)
+    says the disk is full."""
+    while error is not None:
+        if (isinstance(error, OSError) and error.errno == errno.ENOSPC) or "No space left on device" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _checkpoint_steps(run_dir: Path) -> list[int]:
+    from rlrun.checkpoint import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, load_checkpoint
+
+    if not any((run_dir / name).exists() for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE)):
+        return []
+    try:
+        return [load_checkpoint(run_dir)["global_step"]]
+    except RLRunError:
+        return []
 
 
 class StopSignals:

@@ -50,10 +50,10 @@ class CategoricalHead(nn.Module):
 
     def sample(self, params: torch.Tensor) -> torch.Tensor:
         """The Gumbel-max trick: argmax(logits + G), G = -log E with E ~ Exp(1) per logit, is
-        distributed as Categorical(logits) (jax.random.categorical samples so): six small
-        tensor ops, where `distribution(params).sample()` costs several times more. Torch's
-        one-sample multinomial takes argmax(p / E) of the same Exp(1) draws, so for one
-        generator state the actions are the ones it would pick."""
+        distributed as Categorical(logits) (jax.random.categorical samples so), in a few
+        tensor ops instead of building a distribution object every step. Torch's one-sample
+        multinomial takes argmax(p / E) of the same Exp(1) draws, so for one generator state
+        the actions are the ones it would pick."""
         gumbel = torch.empty_like(params).exponential_().log_().neg_()
         return (params + gumbel).argmax(-1)
 

@@ -9,6 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from tensorboard.compat.proto.summary_pb2 import Summary
+from tensorboard.plugins.hparams.api_pb2 import DataType
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from torch.utils.tensorboard import SummaryWriter
 from torch.utils.tensorboard.summary import hparams
 
@@ -45,9 +47,13 @@ class RunTracker:
         self.progress.start()
         return self
 
-    def __exit__(self, *exc_info: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc_info: Any) -> None:
         self.progress.stop()
-        self.writer.close()  # flushes
+        try:
+            self.writer.close()  # flushes; re-raises a failure of its writer thread (a full disk)
+        except OSError:
+            if exc_type is None:
+                raise
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         """Log `{tag: value}` at `step` as one event: TensorBoard reads every value of an event
@@ -67,17 +73,33 @@ class RunTracker:
                 highlight=False, soft_wrap=True,
             )
 
-    def hparams(self, config: dict[str, Any], metrics: dict[str, float]) -> None:
-        """Record the run's hyperparameters beside its final metrics for the HParams dashboard.
+    def hparams(self, config: dict[str, Any], choices: dict[str, str], metrics: dict[str, float]) -> None:
+        """Record the run's hyperparameters (its config's keys and the `choices` of config
+        files: algo, env, preset) beside its final metrics for the HParams dashboard.
 
         Written into this run's own event directory (torch's `add_hparams` would start a
         sub-run), so a sweep's runs line up one row each.
         """
-        values = {key: v if isinstance(v, (bool, int, float, str)) else str(v) for key, v in flatten(config).items()}
+        values = {key: v if isinstance(v, (bool, int, float, str)) else str(v) for key, v in {**flatten(config), **choices}.items()}
         experiment, session_start, session_end = hparams(values, metrics)
-        for summary in (experiment, session_start, session_end):
+        booleans = {key for key, value in values.items() if isinstance(value, bool)}
+        for summary in (_as_booleans(experiment, booleans), _as_booleans(session_start, booleans), session_end):
             self.writer.file_writer.add_summary(summary)
         self.writer.flush()
+
+
+def _as_booleans(summary: Summary, keys: set[str]) -> Summary:
+    """torch's `hparams` records a bool as a number (bool is an int to isinstance): mark
+    `keys` as booleans in its protos, so the dashboard filters them as true/false."""
+    metadata = summary.value[0].metadata.plugin_data
+    data = HParamsPluginData.FromString(metadata.content)
+    for info in data.experiment.hparam_infos:
+        if info.name in keys:
+            info.type = DataType.DATA_TYPE_BOOL
+    for key in keys & set(data.session_start_info.hparams):
+        data.session_start_info.hparams[key].bool_value = bool(data.session_start_info.hparams[key].number_value)
+    metadata.content = data.SerializeToString()
+    return summary
 
 
 def _duration(seconds: float) -> str:

@@ -30,7 +30,7 @@ from rlrun.config import Config, to_object
 from rlrun.envs import max_episode_steps, running_stats
 from rlrun.errors import RLRunError
 from rlrun.evaluation import EVAL_SEED_OFFSET, evaluate
-from rlrun.lifecycle import RunInterrupted, RunLock, StopSignals, TrainingDiverged, non_finite
+from rlrun.lifecycle import DiskFull, RunInterrupted, RunLock, StopSignals, TrainingDiverged, disk_full, non_finite
 from rlrun.policies import ActorCritic
 from rlrun.rollout import Batch, Rollout
 from rlrun.tracking import TENSORBOARD_SUBDIR, RunTracker
@@ -40,11 +40,12 @@ log = logging.getLogger(__name__)
 RECENT_EPISODES = 20  # rollout/recent_return averages the last this many training episodes
 
 
-def train(cfg: DictConfig, run_dir: str | Path, signals: StopSignals | None = None) -> float:
+def train(cfg: DictConfig, run_dir: str | Path, signals: StopSignals | None = None, choices: dict[str, str] | None = None) -> float:
     """Train as `cfg` says, write everything to `run_dir`; return the final evaluation return.
 
     `signals`: stop handling installed by the caller before its slow imports (so a signal
     during start-up still ends in a clean, resumable stop); installed here otherwise.
+    `choices`: the config files chosen (algo, env, preset), shown and logged as hyperparameters.
     """
     run_dir = Path(run_dir)
     try:
@@ -60,11 +61,13 @@ def train(cfg: DictConfig, run_dir: str | Path, signals: StopSignals | None = No
         try:
             if checkpoint is None:
                 (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-            trainer = Trainer(config, resolved, run_dir)
+            trainer = Trainer(config, resolved, run_dir, choices)
             if checkpoint is not None:
                 trainer.load_state_dict(checkpoint, load_env_snapshot(run_dir, checkpoint["global_step"]))
             return trainer.run(signals)
         except (Exception, KeyboardInterrupt) as err:
+            if disk_full(err):
+                raise DiskFull(run_dir) from None
             if not isinstance(err, KeyboardInterrupt):
                 record_failure(run_dir, err)
             raise
@@ -85,10 +88,11 @@ def _checkpoint_to_resume(config: Config, resolved: dict[str, Any]) -> dict[str,
 class Trainer:
     """One run: its collector, policy, algorithm and rollout storage, and the loop."""
 
-    def __init__(self, config: Config, resolved_config: dict[str, Any], run_dir: Path):
+    def __init__(self, config: Config, resolved_config: dict[str, Any], run_dir: Path, choices: dict[str, str] | None = None):
         self.config = config
         self.resolved_config = resolved_config
         self.run_dir = run_dir
+        self.choices = choices or {}
         self.console = Console()
         torch.set_num_threads(config.torch_threads)
         torch.manual_seed(config.seed)
@@ -167,7 +171,7 @@ class Trainer:
             finally:
                 summary = self.finish(status, eval_returns, time.perf_counter() - start_time)
                 if status == "completed":
-                    tracker.hparams(self.resolved_config, {"eval/episodic_return": summary["eval_return_mean"]})
+                    tracker.hparams(self.resolved_config, self.choices, {"eval/episodic_return": summary["eval_return_mean"]})
         if signals.received is not None:
             self.console.print(
                 f"[bold yellow]interrupted[/] at env step {self.global_step:,}: checkpoint and summary saved in "
@@ -183,6 +187,9 @@ class Trainer:
             what = f"nothing to train: {done:,} of {config.total_timesteps:,} env steps already done (give total_timesteps=N to train longer); evaluating"
         else:
             what = f"training {self.algo.name} on {config.env.id}" + (f" from env step {done:,}" if done else "") + f" to {config.total_timesteps:,} env steps"
+        preset = self.choices.get("preset")
+        if preset and preset != "none":
+            what += f" with the preset {preset}"
         self.console.print(f"{what} | run dir {self.run_dir}", highlight=False, soft_wrap=True)
 
     def target_reached(self) -> bool:

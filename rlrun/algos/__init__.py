@@ -1,5 +1,9 @@
 """The algorithms: every module of this package is imported, and each `Algorithm` subclass
-with a `name` registers itself in `ALGORITHMS` (see `rlrun.algos.base` for the contract)."""
+with a `name` registers itself in `ALGORITHMS` (see `rlrun.algos.base` for the contract).
+
+"The tutorial" and its equation numbers, here and in the modules, are Zhe Li's "RL Intro:
+From Policy Gradient to PPO"; docs/algorithms.md writes out every equation used.
+"""
 
 from __future__ import annotations
 
