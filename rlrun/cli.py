@@ -24,6 +24,7 @@ from typing import Any, Optional
 
 import hydra
 import typer
+import yaml
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
@@ -85,7 +86,7 @@ def _train_job(cfg: DictConfig) -> float:
             gc.freeze()
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         choices = HydraConfig.get().runtime.choices
-        chosen = {"algo": choices.algo, "env": choices.env, "preset": _preset(choices.tuned)}
+        chosen = {"algo": choices.algo, "env": choices.env, "preset": _preset(choices.get("tuned"))}
         try:
             return train(cfg, run_dir, signals, chosen)
         except RLRunError as err:
@@ -483,6 +484,7 @@ PLUGINS = {
     ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
 }
 CHECKED_GROUPS = ("algo", "env", "tuned", "hparams_search")
+GROUPS = CHECKED_GROUPS + ("hydra/launcher", "hydra/sweeper")
 
 
 def _check_plugin(group: str, value: str) -> None:
@@ -519,7 +521,7 @@ def _check_overrides(args: list[str]) -> list[str]:
     algos = _chosen_algos(overrides)
     _check_room(Path.cwd())
     from rlrun.algos import config_classes
-    from rlrun.config import check_known_key
+    from rlrun.config import check_known_key, check_value
 
     algo_configs = config_classes()
     for override in overrides:
@@ -527,16 +529,18 @@ def _check_overrides(args: list[str]) -> list[str]:
         if group.startswith("hydra") and group not in ("hydra/launcher", "hydra/sweeper"):
             _check_run_dir(override, args)
             continue
-        if override.is_delete() and group not in CHECKED_GROUPS:
-            raise RLRunError(f"`~{group}` would remove a key every run reads; give it a value instead ({group}=...).")
+        if override.is_delete() and group not in ("tuned", "hparams_search"):
+            raise RLRunError(f"`~{group}` would remove what every run reads; give it a value instead ({group}=...).")
         values = _values(override)
         if values is None or override.package is not None or override.is_delete():
             continue
-        if group in CHECKED_GROUPS + ("hydra/launcher", "hydra/sweeper"):
+        if group in GROUPS:
             _check_choices(group, values)
         elif "/" not in group:
-            for algo in algos:
+            for algo in (name for name in algos if name in algo_configs):  # an unknown algo= is refused by its own check
                 check_known_key(group, algo_configs[algo], algo_configs)
+                for value in values:
+                    check_value(group, _typed(value), algo_configs[algo])
     if "-m" in args or "--multirun" in args:
         constant = sorted({o.key_or_group for o in overrides if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")})
         args = [*args, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(constant)}]"]
@@ -549,7 +553,17 @@ def _values(override) -> list[str] | None:
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
     except Exception:
         return None  # interval(), glob() and the like
+    if override.key_or_group in GROUPS and not all(value is None or isinstance(value, str) for value in values):
+        raise RLRunError(f"{override.key_or_group} takes the name of a config file, got {override.get_value_string()!r}.")
     return [str(value) if value is not None else None for value in values]
+
+
+def _typed(value: str | None) -> object:
+    """An override's value as YAML reads it (what Hydra does with it before the schema)."""
+    try:
+        return yaml.safe_load(value) if value is not None else None
+    except yaml.YAMLError:
+        return value
 
 
 def _chosen_algos(overrides: list) -> list[str]:
@@ -652,17 +666,17 @@ OmegaConf.register_new_resolver("rlrun.job_name", _job_name, use_cache=True)
 OmegaConf.register_new_resolver("rlrun.preset_note", lambda tuned: _preset_note(tuned))
 
 
-def _preset(tuned: str) -> str:
-    """The preset file of a `tuned` choice, or "none" where the pair has no preset."""
+def _preset(tuned: str | None) -> str:
+    """The preset file of a `tuned` choice, or "none" where the pair has none (or `~tuned`)."""
     path = f"tuned/{tuned}.yaml"
-    return f"configs/{path}" if files("rlrun.configs").joinpath(path).is_file() else "none"
+    return f"configs/{path}" if tuned and files("rlrun.configs").joinpath(path).is_file() else "none"
 
 
 def _preset_note(tuned: str) -> str:
     preset = _preset(tuned)
     if preset != "none":
         return f"Applied here: {preset} (its values replace the algorithm's defaults shown elsewhere)."
-    return f"No preset for {tuned}: the algorithm's and the environment's own values."
+    return f"No preset applied ({tuned}): the algorithm's and the environment's own values."
 
 
 def main() -> None:

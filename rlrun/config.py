@@ -12,8 +12,9 @@ Each algorithm's config class lives beside the algorithm, in `rlrun/algos/`.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, fields, is_dataclass
-from typing import Any, Optional
+from typing import Any, Optional, get_type_hints
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -145,6 +146,8 @@ class Config:
         bound("eval_interval", self.eval_interval, ">=", 0)
         bound("checkpoint_interval", self.checkpoint_interval, ">=", 0)
         bound("torch_threads", self.torch_threads, ">=", 1)
+        cores = os.cpu_count() or 1
+        check(self.torch_threads <= cores, f"torch_threads must be at most the {cores} cores of this machine, got {self.torch_threads}.")
         self.algo.check_run(self.env.num_envs, self.total_timesteps)
 
 
@@ -189,6 +192,14 @@ def _fields(schema: type, prefix: str = "") -> list[str]:
 def _known_keys(algo_config: type) -> list[str]:
     top = [name for name in _fields(Config) if name not in ("algo", "env", "policy")]
     return top + _fields(algo_config, "algo.") + _fields(EnvConfig, "env.") + _fields(PolicyConfig, "policy.")
+
+
+def check_value(key: str, value: Any, algo_config: type) -> None:
+    """Refuse what OmegaConf would quietly convert: a bool key takes true or false only (not 2)."""
+    section, _, name = key.rpartition(".")
+    schema = {"": Config, "algo": algo_config, "env": EnvConfig, "policy": PolicyConfig}.get(section)
+    if schema is not None and get_type_hints(schema).get(name) is bool:
+        check(isinstance(value, bool), f"{key} is true or false, got {value!r}.")
 
 
 def check_known_key(key: str, algo_config: type, algo_configs: dict[str, type] | None = None) -> None:
