@@ -1,7 +1,7 @@
 """Speed on CartPole-v1: rlrun against Stable-Baselines3 PPO, and the loop against its limit.
 
     pip install -e '.[bench]'
-    python scripts/bench.py                 # seeds 1-5; a few minutes on 2 cores
+    python scripts/bench.py                 # seeds 1-5; a few minutes on a 2-core machine
     python scripts/bench.py --seeds 1,2
 
 Measures, each in fresh processes, one at a time (after an untimed warm-up of each runner):
@@ -101,24 +101,26 @@ def limit() -> dict:
     import torch
     from hydra import compose, initialize_config_module
 
+    from rlrun.algos import config_classes
     from rlrun.config import register_schemas, to_object
     from rlrun.trainer import Trainer
 
-    register_schemas()
+    register_schemas(config_classes())
     with initialize_config_module(config_module="rlrun.configs", version_base="1.3"):
-        config = to_object(compose(config_name="config", overrides=["env.id=CartPole-v1"]))
+        config = to_object(compose(config_name="config"))
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(config, {}, Path(tmp))
-        envs, policy, steps = trainer.envs, trainer.policy, trainer.rollout.steps
+        collector, policy, rollout = trainer.collector, trainer.policy, trainer.rollout
+        envs, steps = collector.envs, rollout.steps
         for _ in range(20):
-            trainer.collect()
+            collector.collect(policy, rollout)
             trainer.update()
         actions = envs.action_space.sample()
         start = time.perf_counter()
         for _ in range(steps * 20):
             envs.step(actions)
         env_seconds = (time.perf_counter() - start) / 20
-        obs, rollout = trainer.obs, trainer.rollout
+        obs = collector.obs
         start = time.perf_counter()
         for _ in range(20):
             with torch.inference_mode():
@@ -130,7 +132,7 @@ def limit() -> dict:
         forward_seconds = (time.perf_counter() - start) / 20
         update_seconds = 0.0
         for _ in range(10):  # each on fresh data: target_kl would cut a repeated update short
-            trainer.collect()
+            collector.collect(policy, rollout)
             start = time.perf_counter()
             trainer.update()
             update_seconds += (time.perf_counter() - start) / 10
@@ -148,7 +150,7 @@ def main() -> None:
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     lines = ["## Speed: CartPole-v1 against Stable-Baselines3", "",
-             f"Machine: {platform.machine()}, Python {platform.python_version()}, 2 cores, CPU only, one process at a time. "
+             f"Machine: {platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} cores, CPU only, one process at a time. "
              f"Produced by `python scripts/bench.py --seeds {args.seeds}`. Median [min, max] over seeds.", ""]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

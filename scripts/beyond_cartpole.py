@@ -2,16 +2,17 @@
 Hopper-v5, several seeds, two jobs at a time through Hydra's joblib launcher. Writes a table
 into docs/benchmarks.md next to published reference numbers.
 
-    python scripts/beyond_cartpole.py                      # seeds 1,2,3: about an hour on 2 cores
+    python scripts/beyond_cartpole.py                      # seeds 1,2,3: about an hour on a 2-core machine
     python scripts/beyond_cartpole.py --envs Hopper-v5 --seeds 1
 
 Needs `pip install -e '.[box2d,mujoco,joblib]'`. Each job runs with torch_threads=1; with two
-jobs sharing two cores, wall seconds and SPS are per job, under that sharing.
+jobs sharing the machine's cores, wall seconds and SPS are per job, under that sharing.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import platform
 import statistics
@@ -75,7 +76,7 @@ def main() -> None:
     section = write_section("beyond-cartpole", [
         "## Beyond CartPole: PPO-clip at 1M steps",
         "",
-        f"Machine: {platform.machine()}, Python {platform.python_version()}, 2 cores, CPU only, "
+        f"Machine: {platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} cores, CPU only, "
         f"{args.jobs} jobs at a time. Produced by `python scripts/beyond_cartpole.py --envs {args.envs} --seeds {args.seeds}`, which runs:",
         "",
         *[f"    {command}" for command in commands],
