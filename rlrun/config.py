@@ -38,6 +38,11 @@ def bound(name: str, value: Any, op: str, limit: float, nullable: bool = False) 
 
 def check_one_rollout(rollout_steps: int, num_envs: int, total_timesteps: int) -> None:
     check(
+        rollout_steps * num_envs <= MAX_ROLLOUT_STEPS,
+        f"one rollout of algo.rollout_steps * env.num_envs = {rollout_steps * num_envs:,} steps is more "
+        f"than rlrun stores ({MAX_ROLLOUT_STEPS:,}).",
+    )
+    check(
         total_timesteps >= rollout_steps * num_envs,
         f"total_timesteps ({total_timesteps}) is less than one rollout "
         f"(algo.rollout_steps * env.num_envs = {rollout_steps * num_envs}).",
@@ -51,6 +56,13 @@ def unit_interval(name: str, value: Any, open_at_zero: bool, nullable: bool = Fa
     ok = (0 < value if open_at_zero else 0 <= value) and value <= 1  # False for NaN
     interval = "(0, 1]" if open_at_zero else "[0, 1]"
     check(ok, f"{name} must be in {interval}{' or null' if nullable else ''}, got {value}.")
+
+
+MAX_ENVS = 4096  # copies of an environment in one process
+MAX_EVAL_EPISODES = 10_000
+MAX_SEED = 2**31 - 1  # evaluation and resumed episodes seed from seed + an offset
+MAX_WEIGHTS = 50_000_000  # per network: 200 MB of float32 weights, far beyond any MLP policy
+MAX_ROLLOUT_STEPS = 10_000_000  # env steps stored per rollout (steps x envs)
 
 
 @dataclass
@@ -68,6 +80,7 @@ class EnvConfig:
 
     def __post_init__(self) -> None:
         bound("env.num_envs", self.num_envs, ">=", 1)
+        check(self.num_envs <= MAX_ENVS, f"env.num_envs must be at most {MAX_ENVS}, got {self.num_envs}.")
         modes = (None, "sync", "async", "vector_entry_point")
         check(
             self.vectorization in modes,
@@ -117,8 +130,6 @@ class OptimConfig:
         """Checks of this algorithm's keys against the rest of the run's config."""
 
 
-MAX_SEED = 2**31 - 1  # evaluation and resumed episodes seed from seed + an offset
-MAX_WEIGHTS = 50_000_000  # per network: 200 MB of float32 weights, far beyond any MLP policy
 
 
 @dataclass
@@ -143,6 +154,7 @@ class Config:
         check(self.seed <= MAX_SEED, f"seed must be at most {MAX_SEED} (2^31 - 1), got {self.seed}.")
         bound("total_timesteps", self.total_timesteps, ">=", 1)
         bound("eval_episodes", self.eval_episodes, ">=", 0)
+        check(self.eval_episodes <= MAX_EVAL_EPISODES, f"eval_episodes must be at most {MAX_EVAL_EPISODES}, got {self.eval_episodes}.")
         bound("eval_interval", self.eval_interval, ">=", 0)
         bound("checkpoint_interval", self.checkpoint_interval, ">=", 0)
         bound("torch_threads", self.torch_threads, ">=", 1)

@@ -40,7 +40,10 @@ COMMAND = st.tuples(st.booleans(), st.lists(OVERRIDE, min_size=1, max_size=3))
 
 
 def _run(tmp_path, multirun, overrides):
-    result = CliRunner().invoke(app, ["train", *(["-m"] if multirun else []), *TINY, *overrides, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    # Last, so it wins: a run stops after 20 episodes whatever budget the overrides drew.
+    stop_soon = "target_return=-1e9"
+    args = ["train", *(["-m"] if multirun else []), *TINY, *overrides, stop_soon, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    result = CliRunner().invoke(app, args)
     output = result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), (overrides, repr(result.exception), output)
     assert "Traceback" not in output, (overrides, output)

@@ -10,7 +10,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from typer.testing import CliRunner
 
-from helpers import RLRUN, TINY, compose_config, run_rlrun
+from helpers import REPO, RLRUN, TINY, compose_config, run_rlrun
 from rlrun import cli, tracking
 from rlrun.cli import app
 from rlrun.errors import RLRunError
@@ -31,17 +31,29 @@ def _scalars(run_dir, tag):
 
 
 def test_runs_started_at_once_get_a_directory_each(tmp_path):
-    """Same second, same config and seed: Hydra's default name collides, rlrun's does not."""
+    """Two processes claiming the same directory name at once (as the default name does for
+    runs started in the same second) get one directory each."""
+    same_name = "hydra.run.dir=${rlrun.new_dir:runs/same}"
     processes = [
-        subprocess.Popen([str(RLRUN), "train", *TINY], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen([str(RLRUN), "train", *TINY, same_name], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for _ in range(2)
     ]
     for process in processes:
         assert process.wait(timeout=120) == 0, process.stderr.read()
-    runs = sorted((tmp_path / "outputs").glob("*/*"))
-    assert len(runs) == 2 and runs[1].name == runs[0].name + "_2"
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert [run.name for run in runs] == ["same", "same_2"]
     for run in runs:
         assert _summary(run)["status"] == "completed" and len(list((run / "tb").iterdir())) == 1
+        assert len((run / ".hydra" / "overrides.yaml").read_text().splitlines()) == len(TINY)  # each its own record
+
+
+def test_the_default_run_directory_names_the_run(tmp_path):
+    name = cli._new_dir(str(tmp_path / "05-34-44_ppo_clip_CartPole-v1_seed1"))
+    assert cli._new_dir(str(tmp_path / "05-34-44_ppo_clip_CartPole-v1_seed1")) == name + "_2"
+    import yaml
+
+    pattern = yaml.safe_load((REPO / "configs" / "config.yaml").read_text())["hydra"]["run"]["dir"]
+    assert pattern.startswith("${rlrun.new_dir:outputs/") and "_seed${seed}" in pattern
 
 
 def test_refused_configurations_leave_no_run_directory(tmp_path):
