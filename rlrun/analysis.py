@@ -11,7 +11,6 @@ import json
 import math
 import os
 import socket
-import warnings
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import yaml
 from omegaconf import OmegaConf
 
+from rlrun import stats
 from rlrun.checkpoint import SUMMARY_FILE
 from rlrun.config import flatten
 from rlrun.errors import RLRunError
@@ -29,7 +29,7 @@ from rlrun.tracking import TENSORBOARD_SUBDIR
 RETURN_TAG = "rollout/episodic_return"
 RECENT_RETURN_TAG = "rollout/recent_return"  # mean of the last 20 training episodes
 OPTUNA_RESULTS = "optimization_results.yaml"  # hydra-optuna-sweeper's best_params, best_value
-SUMMARY_NUMBERS = ("eval_return_mean", "eval_return_std", "train_return_recent", "env_steps", "wall_seconds")
+SUMMARY_NUMBERS = ("eval_return_mean", "eval_return_std", "train_return_recent", "env_steps", "wall_seconds", "cpu_seconds")
 
 
 class DamagedFile(Exception):
@@ -213,32 +213,14 @@ def on_grid(curves: list[tuple[np.ndarray, np.ndarray]], points: int = 200) -> t
     return grid, values
 
 
-def bootstrap_ci(values: np.ndarray, confidence: float = 0.95, resamples: int = 2000, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean over runs (axis 0) and a percentile-bootstrap confidence band, ignoring NaNs."""
-    rng = np.random.default_rng(seed)
-    picks = rng.integers(0, values.shape[0], size=(resamples, values.shape[0]))
-    tail = (1 - confidence) / 2 * 100
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # grid points no resample has data for
-        means = np.nanmean(values[picks], axis=1)  # (resamples, points)
-        low, high = np.nanpercentile(means, [tail, 100 - tail], axis=0)
-        return np.nanmean(values, axis=0), low, high
-
-
-def interquartile_mean(values: list[float]) -> float:
-    """Mean of the middle half (25% trimmed from each end), robust to an outlier seed."""
-    ordered = np.sort(values)
-    cut = int(0.25 * len(ordered))
-    return float(ordered[cut: len(ordered) - cut].mean())
-
-
 def first_reaching(x: np.ndarray, y: np.ndarray, threshold: float) -> float | None:
     reached = np.flatnonzero(y >= threshold)
     return float(x[reached[0]]) if reached.size else None
 
 
 def plot_curves(groups: dict[str, list[Run]], x: str, output: Path, title: str) -> list[str]:
-    """Mean and 95% bootstrap band of the training return per group into a PNG, one panel per
+    """Mean and 95% stratified-bootstrap band (rliable) of the training return per group into
+    a PNG, one panel per
     environment (1200x750 for one). A group's mean and band run to its longest run's end,
     over the runs still present: solid where all its runs have data, dashed where some do not.
 
@@ -252,10 +234,7 @@ def plot_curves(groups: dict[str, list[Run]], x: str, output: Path, title: str) 
     curves = {run: run.curve(RETURN_TAG, x) for runs in groups.values() for run in runs}
     notes = [f"{run.path.name}: no {RETURN_TAG} logged ({run.status}), left out" for run, (xs, _) in curves.items() if xs.size == 0]
     panels = by_env({name: [run for run in runs if curves[run][0].size] for name, runs in groups.items()})
-    columns = min(len(panels), 3) or 1
-    rows = -(-len(panels) // columns) or 1
-    figure, axes = plt.subplots(rows, columns, figsize=(8, 5) if len(panels) <= 1 else (5 * columns, 4 * rows + 0.5), dpi=150, squeeze=False)
-    figure.suptitle(f"{', '.join(panels) or 'no runs with returns yet'}: {title}")
+    figure, axes = _figure(plt, list(panels), title, "no runs with returns yet")
     for ax, (env_id, panel) in zip(axes.flat, panels.items()):
         prefix = f"{env_id}, " if len(panels) > 1 else ""
         for name, runs in panel.items():
@@ -265,17 +244,59 @@ def plot_curves(groups: dict[str, list[Run]], x: str, output: Path, title: str) 
         ax.set_ylabel("episodic return (training)")
         ax.grid(alpha=0.3)
         ax.legend()
-    for ax in axes.flat[len(panels):]:
+    _save(plt, figure, axes, len(panels), output)
+    return notes
+
+
+def _figure(plt: Any, env_ids: list[str], title: str, empty: str) -> tuple[Any, Any]:
+    """A figure of one panel per environment (1200x750 for one), titled with them."""
+    columns = min(len(env_ids), 3) or 1
+    rows = -(-len(env_ids) // columns) or 1
+    figure, axes = plt.subplots(rows, columns, figsize=(8, 5) if len(env_ids) <= 1 else (5 * columns, 4 * rows + 0.5), dpi=150, squeeze=False)
+    figure.suptitle(f"{', '.join(env_ids) or empty}: {title}")
+    return figure, axes
+
+
+def _save(plt: Any, figure: Any, axes: Any, used: int, output: Path) -> None:
+    for ax in axes.flat[used:]:
         ax.set_axis_off()
     figure.tight_layout()
     figure.savefig(output, metadata={"Title": figure.get_suptitle()})
     plt.close(figure)
+
+
+def plot_profile(groups: dict[str, list[Run]], output: Path, title: str) -> list[str]:
+    """rliable's performance profiles of the final evaluation return into a PNG: per group,
+    the fraction of its completed runs scoring above each return tau, with a 95%
+    stratified-bootstrap band; one panel per environment. Returns notes on runs left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from rliable import plot_utils
+
+    finished, left_out = finished_runs(groups)
+    notes = [f"{Path(entry['run']).name}: {entry['status']}, left out" for entry in left_out]
+    panels = by_env({name: runs for name, runs in finished.items() if runs})
+    figure, axes = _figure(plt, list(panels), title, "no completed runs yet")
+    for ax, (env_id, panel) in zip(axes.flat, panels.items()):
+        scores, missing, _ = metric_scores(panel, "eval", None)
+        notes += missing
+        scores = {f"{name} (n={values.size})": values for name, values in scores.items() if values.size}
+        low, high = (min(values.min() for values in scores.values()), max(values.max() for values in scores.values())) if scores else (0.0, 1.0)
+        taus = np.linspace(low - 0.05 * (high - low or 1), high + 0.05 * (high - low or 1), 101)  # every step of the profile shows
+        profiles, bands = stats.performance_profile(scores, taus)
+        plot_utils.plot_performance_profiles(profiles, taus, performance_profile_cis=bands, ax=ax, xlabel=r"final evaluation return $\tau$",
+                                             ylabel=r"fraction of runs with return $> \tau$", labelsize="medium", ticklabelsize="medium")
+        ax.set_title(env_id if len(panels) > 1 else "")
+        ax.legend()
+    _save(plt, figure, axes, len(panels), output)
     return notes
 
 
 def _draw_group(ax: Any, label: str, curves: list[tuple[np.ndarray, np.ndarray]], x: str) -> list[str]:
     grid, values = on_grid(curves)
-    mean, low, high = bootstrap_ci(values)
+    mean, low, high = stats.mean_band(values)
     everyone = (~np.isnan(values)).all(axis=0)
     (line,) = ax.plot(grid, np.where(everyone, mean, np.nan), label=f"{label} (n={len(curves)})")
     ax.fill_between(grid, low, high, color=line.get_color(), alpha=0.2)
@@ -291,8 +312,9 @@ def _draw_group(ax: Any, label: str, curves: list[tuple[np.ndarray, np.ndarray]]
 
 
 def summary_rows(groups: dict[str, list[Run]], threshold: float | None) -> list[dict[str, Any]]:
-    """Per group: final evaluation return across completed runs, and the env steps and seconds
-    until the mean of the last 20 training episodes first reached `threshold`."""
+    """Per group: final evaluation return across completed runs, the env steps and seconds
+    until the mean of the last 20 training episodes first reached `threshold`, and the median
+    CPU-seconds of a completed run."""
     rows = []
     for name, runs in groups.items():
         finals = [run.summary["eval_return_mean"] for run in runs if run.status == "completed" and run.summary.get("eval_return_mean") is not None]
@@ -303,12 +325,19 @@ def summary_rows(groups: dict[str, list[Run]], threshold: float | None) -> list[
             "completed": len(finals),
             "final_mean": float(np.mean(finals)) if finals else None,
             "final_std": float(np.std(finals)) if finals else None,
-            "final_iqm": interquartile_mean(finals) if finals else None,
+            "final_iqm": stats.iqm(finals) if finals else None,
             "reached": len(reached),
             "steps_to_threshold": float(np.median([steps for steps, _ in reached])) if reached else None,
             "seconds_to_threshold": float(np.median([seconds for _, seconds in reached])) if reached else None,
+            "cpu_seconds": cpu_seconds([run for run in runs if run.status == "completed"]),
         })
     return rows
+
+
+def cpu_seconds(runs: list[Run]) -> float | None:
+    """Median process CPU time of the runs that recorded it (summary.json `cpu_seconds`)."""
+    seconds = [run.summary["cpu_seconds"] for run in runs if _is_number(run.summary.get("cpu_seconds"))]
+    return float(np.median(seconds)) if seconds else None
 
 
 def swept_keys(runs: list[Run]) -> list[str]:
@@ -362,3 +391,227 @@ def default_threshold(runs: list[Run]) -> float | None:
         return None
     (env_id,) = env_ids
     return gym.spec(env_id).reward_threshold if env_id in gym.registry else None
+
+
+# Comparing groups: `rlrun compare`.
+
+METRICS = {
+    "eval": "final evaluation return (deterministic episodes at the end of each run)",
+    "recent": "final training return (mean of each run's last 20 training episodes)",
+    "auc": "area under the learning curve: mean training return over the first {end:,.0f} env steps",
+    "steps": "env steps until the last 20 training episodes first averaged {threshold:g}",
+    "seconds": "seconds until the last 20 training episodes first averaged {threshold:g}",
+}
+LOWER_IS_BETTER = ("steps", "seconds")
+REFERENCE_FILE = "reference_returns.yaml"
+
+
+def check_envs(groups: dict[str, list[Run]], force: bool) -> dict[str, list[str]]:
+    """Each group's environment ids; refuses groups of different (or mixed) environments
+    unless `force`, since returns of different tasks are not on one scale."""
+    envs = {name: sorted({str(run.info.get("env.id", "?")) for run in runs}) for name, runs in groups.items()}
+    if not force and len({env for ids in envs.values() for env in ids}) > 1:
+        listed = "; ".join(f"{name}: {', '.join(ids)}" for name, ids in envs.items())
+        raise RLRunError(
+            f"The groups are not all of one environment ({listed}): returns of different tasks do not compare. "
+            "Compare within one environment (--by env.id separates them), or pass --force to compare anyway."
+        )
+    return envs
+
+
+def finished_runs(groups: dict[str, list[Run]]) -> tuple[dict[str, list[Run]], list[dict[str, Any]]]:
+    """The completed runs of each group, and every other run (running, failed, dead,
+    interrupted) as left out, with its status and error."""
+    finished = {name: [run for run in runs if run.status == "completed"] for name, runs in groups.items()}
+    left_out = [
+        {"group": name, "run": str(run.path), "status": run.status, "error": run.summary.get("error")}
+        for name, runs in groups.items() for run in runs if run.status != "completed"
+    ]
+    return finished, left_out
+
+
+def metric_scores(finished: dict[str, list[Run]], metric: str, threshold: float | None) -> tuple[dict[str, np.ndarray], list[str], str]:
+    """One score per run for `metric`, the notes on runs without one or counted at a bound,
+    and what the metric measures in words."""
+    if metric not in METRICS:
+        raise RLRunError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}.")
+    if metric in LOWER_IS_BETTER and threshold is None:
+        raise RLRunError(f"--metric {metric} needs --threshold R: the environment has no Gymnasium reward threshold.")
+    end = _common_end(finished) if metric == "auc" else None
+    scores, notes = {}, []
+    for name, runs in finished.items():
+        values = {run: _score(run, metric, threshold, end) for run in runs}
+        notes += [f"{name}: {run.path.name} has no {metric} value (nothing logged), left out" for run, value in values.items() if value is None]
+        scores[name] = np.array([value[0] for value in values.values() if value is not None], dtype=float)
+        bounded = sum(1 for value in values.values() if value is not None and value[1])
+        if bounded:
+            notes.append(f"{name}: {bounded} of {len(runs)} runs never reached {threshold:g}; counted at their end (a lower bound)")
+    return scores, notes, METRICS[metric].format(end=end or 0, threshold=threshold or 0)
+
+
+def _common_end(finished: dict[str, list[Run]]) -> float:
+    # Runs of different budgets are compared over the steps they all trained.
+    ends = [xs[-1] for runs in finished.values() for run in runs if (xs := run.curve(RETURN_TAG)[0]).size]
+    return min(ends) if ends else 0.0
+
+
+def _score(run: Run, metric: str, threshold: float | None, end: float | None) -> tuple[float, bool] | None:
+    """(score, whether it is only a bound) of one finished run; None if it has none."""
+    if metric in ("eval", "recent"):
+        value = run.summary.get("eval_return_mean" if metric == "eval" else "train_return_recent")
+        return (float(value), False) if _is_number(value) else None
+    if metric == "auc":
+        x, y = run.curve(RETURN_TAG)
+        return (float(np.interp(np.linspace(0, end, 200), x, y).mean()), False) if x.size and end else None
+    x, y = run.curve(RECENT_RETURN_TAG, metric)
+    if not x.size:
+        return None
+    reached = first_reaching(x, y, threshold)
+    return (reached, False) if reached is not None else (float(x[-1]), True)
+
+
+def compare_groups(groups: dict[str, list[Run]], metric: str = "eval", threshold: float | None = None,
+                   resamples: int = stats.RESAMPLES, force: bool = False, reference: str | None = None) -> dict[str, Any]:
+    """Everything `rlrun compare` reports, as plain data (its --json): per group n, mean,
+    median, IQM with 95% CIs and CPU-seconds; per pair of groups the probability of
+    improvement, Welch and Mann-Whitney p-values (Holm-adjusted over the pairs), Cohen's d,
+    the seeds per group for 80% power, and a verdict in words; with `reference`, each group
+    beside that source's published return."""
+    envs = check_envs(groups, force)
+    published = reference_table(reference, metric) if reference else None
+    if len(groups) < 2 and published is None:
+        keys = swept_keys([run for runs in groups.values() for run in runs])
+        raise RLRunError(
+            f"Only one group ({', '.join(groups)}): nothing to compare it with. Pass two sweeps (or groups of runs), "
+            f"or --by a key the runs differ in ({', '.join(keys) or 'none here'}); --reference places one group beside published numbers."
+        )
+    finished, left_out = finished_runs(groups)
+    scores, notes, measure = metric_scores(finished, metric, threshold)
+    rows = [
+        {"group": name, "env": ", ".join(envs[name]), "runs": len(groups[name]), **stats.describe(scores[name], resamples), "cpu_seconds": cpu_seconds(finished[name])}
+        for name in groups
+    ]
+    notes += [f"{row['group']}: {row['n']} finished run{'s' * (row['n'] != 1)}, fewer than the 2 a test needs" for row in rows if row["n"] < 2]
+    return {
+        "metric": metric, "measure": measure, "higher_is_better": metric not in LOWER_IS_BETTER, "threshold": threshold,
+        "confidence": stats.CONFIDENCE, "resamples": resamples, "alpha": stats.ALPHA, "power": stats.POWER,
+        "groups": rows, "pairs": compare_pairs(scores, metric not in LOWER_IS_BETTER, resamples), "left_out": left_out, "notes": notes,
+        "reference": reference_rows(finished, rows, published) if published else None,
+    }
+
+
+def compare_pairs(scores: dict[str, np.ndarray], higher_is_better: bool = True, resamples: int = stats.RESAMPLES) -> list[dict[str, Any]]:
+    """Every pair of groups, better mean first, tested; p-values Holm-adjusted over the pairs."""
+    import itertools
+
+    sign = 1.0 if higher_is_better else -1.0
+    pairs = []
+    for a, b in itertools.combinations(scores, 2):
+        if scores[a].size and scores[b].size and sign * (scores[b].mean() - scores[a].mean()) > 0:
+            a, b = b, a
+        pairs.append(_pair(a, b, sign * scores[a], sign * scores[b], resamples))
+    for test in ("welch", "mann_whitney"):
+        for pair, adjusted in zip(pairs, stats.holm([pair[f"p_{test}"] for pair in pairs])):
+            pair[f"p_{test}_holm"] = adjusted
+    for pair in pairs:
+        pair["significant"] = pair["tested"] and _p(pair) is not None and _p(pair) < stats.ALPHA
+        pair["verdict"] = verdict(pair)
+    return pairs
+
+
+def _pair(a: str, b: str, x: np.ndarray, y: np.ndarray, resamples: int) -> dict[str, Any]:
+    """A against B, scores oriented so that higher is better."""
+    pair: dict[str, Any] = {"a": a, "b": b, "n_a": int(x.size), "n_b": int(y.size), "tested": x.size >= 2 and y.size >= 2}
+    if not pair["tested"]:
+        return pair | {"p_welch": None, "p_mann_whitney": None, "probability_of_improvement": None, "probability_of_improvement_ci": None, "cohens_d": None, "seeds_for_power": None}
+    poi, poi_ci = stats.probability_of_improvement(x, y, resamples)
+    tests = stats.tests(x, y)
+    d = stats.cohens_d(x, y)
+    return pair | {
+        "p_welch": tests["welch"], "p_mann_whitney": tests["mann_whitney"], "probability_of_improvement": poi,
+        "probability_of_improvement_ci": poi_ci, "cohens_d": d if math.isfinite(d) else None, "seeds_for_power": stats.seeds_for_power(d),
+    }
+
+
+def _p(pair: dict[str, Any]) -> float | None:
+    """The p-value a verdict rests on: Welch's, Holm-adjusted; Mann-Whitney's where Welch's
+    is undefined (neither group varies)."""
+    return pair["p_welch_holm"] if pair["p_welch_holm"] is not None else pair["p_mann_whitney_holm"]
+
+
+def verdict(pair: dict[str, Any]) -> str:
+    a, b = pair["a"], pair["b"]
+    if not pair["tested"]:
+        short = [f"{name} has {n} finished run{'s' * (n != 1)}" for name, n in ((a, pair["n_a"]), (b, pair["n_b"])) if n < 2]
+        return f"{a} vs {b}: not tested: {' and '.join(short)}; a test needs at least 2 per group."
+    p, poi = _p(pair), pair["probability_of_improvement"]
+    numbers = f"p = {p:.2g}, P({a}>{b}) = {poi:.2f}"
+    if pair["significant"]:
+        return f"{a} is better than {b} ({numbers}).{_disagreement(pair)}"
+    seeds = pair["n_a"] if pair["n_a"] == pair["n_b"] else f"{pair['n_a']} and {pair['n_b']}"
+    needed = pair["seeds_for_power"]
+    more = "the observed difference is zero" if pair["cohens_d"] == 0 else (
+        f"about {needed:,} seeds per group would be needed to detect the observed difference with {stats.POWER:.0%} power" if needed else "")
+    return f"No significant difference between {a} and {b} with {seeds} seeds ({numbers}){'; ' + more if more else ''}.{_disagreement(pair)}"
+
+
+def _disagreement(pair: dict[str, Any]) -> str:
+    welch, mann_whitney = pair["p_welch_holm"], pair["p_mann_whitney_holm"]
+    if welch is None or (mann_whitney < stats.ALPHA) == (welch < stats.ALPHA):
+        return ""
+    if mann_whitney < stats.ALPHA:
+        return f" (Mann-Whitney U alone finds a difference: p = {mann_whitney:.2g}.)"
+    return f" (Mann-Whitney U does not confirm it: p = {mann_whitney:.2g}.)"
+
+
+def references() -> dict[str, Any]:
+    """The published PPO returns shipped with rlrun (reference_returns.yaml), by source."""
+    from importlib.resources import files
+
+    return yaml.safe_load(files("rlrun").joinpath(REFERENCE_FILE).read_text())
+
+
+def reference_table(source: str, metric: str) -> dict[str, Any]:
+    """One source's published returns, refused for a metric that is not a final return."""
+    published = references()
+    if source not in published:
+        raise RLRunError(f"--reference must be one of {', '.join(published)}, got {source!r}.")
+    if metric not in ("eval", "recent"):
+        raise RLRunError(f"--reference places final returns beside published ones: use --metric eval or recent, not {metric}.")
+    return published[source] | {"key": source}
+
+
+def reference_rows(finished: dict[str, list[Run]], rows: list[dict[str, Any]], table: dict[str, Any]) -> dict[str, Any]:
+    """Each group beside the published mean and spread for its environment, with what differs:
+    the env version, the algorithm, the training budget."""
+    return {key: table[key] for key in ("key", "name", "source", "measure", "spread")} | {
+        "rows": [_beside(row, finished[row["group"]], table["results"]) for row in rows],
+    }
+
+
+def _env_name(env_id: str) -> tuple[str, str | None]:
+    name, _, version = env_id.rpartition("-v")
+    return (name, version) if name and version.isdigit() else (env_id, None)
+
+
+def _beside(row: dict[str, Any], runs: list[Run], results: list[dict[str, Any]]) -> dict[str, Any]:
+    env = row["env"]
+    match = next((entry for entry in results if _env_name(entry["env"])[0] == _env_name(env)[0]), None)
+    steps = float(np.median([run.summary["env_steps"] for run in runs if _is_number(run.summary.get("env_steps"))] or [np.nan]))
+    beside = {"group": row["group"], "env": env, "n": row["n"], "mean": row["mean"], "mean_ci": row["mean_ci"], "env_steps": None if math.isnan(steps) else steps}
+    if match is None:
+        return beside | {"published": None, "notes": [f"no published number for {_env_name(env)[0]}"]}
+    notes = [f"env version differs: {env} here, {match['env']} published"] if match["env"] != env else []
+    algos = sorted({str(run.info.get("algo")) for run in runs})
+    if algos != ["ppo_clip"]:
+        notes.append(f"algo {', '.join(algos) or '-'} here, PPO published")
+    if not math.isnan(steps) and abs(steps - match["steps"]) > 0.1 * match["steps"]:
+        notes.append(f"{steps:,.0f} env steps here, {match['steps']:,} published")
+    return beside | {"published": match, "position": _position(row["mean_ci"], match["mean"]), "notes": notes}
+
+
+def _position(ci: list[float] | None, published: float) -> str | None:
+    """Where the published mean lies relative to the group's 95% CI of its mean."""
+    if ci is None:
+        return None
+    return "below published" if ci[1] < published else "above published" if ci[0] > published else "published mean within CI"

@@ -74,7 +74,7 @@ def _train_job(cfg: DictConfig) -> float:
     """One Hydra job: train in the job's run directory, return the final evaluation return."""
     global _job_started
     _job_started = True
-    from rlrun.lifecycle import StopSignals
+    from rlrun.lifecycle import RunInterrupted, StopSignals
 
     with StopSignals() as signals:  # before torch's import: a stop during start-up is clean too
         from rlrun.trainer import train
@@ -87,8 +87,12 @@ def _train_job(cfg: DictConfig) -> float:
         run_dir = Path(HydraConfig.get().runtime.output_dir)
         choices = HydraConfig.get().runtime.choices
         chosen = {"algo": choices.algo, "env": choices.env, "preset": _preset(choices.get("tuned"))}
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
         try:
-            return train(cfg, run_dir, signals, chosen)
+            return train(cfg, run_dir, signals, chosen, continue_run=multirun)
+        except RunInterrupted:
+            signals.hand_over()  # a cluster's warning: its handler requeues the job (the checkpoint is written)
+            raise
         except RLRunError as err:
             if HydraConfig.get().mode == RunMode.MULTIRUN:
                 raise  # Hydra reports it, marks this job failed and runs the sweep's other jobs
@@ -178,29 +182,33 @@ def plot(
     sweep_dir: Path = typer.Argument(..., help="A sweep (or any) directory holding runs."),
     group_by: str = typer.Option("algo", help="Config key whose value names a curve: algo, env, algo.lr, ..."),
     x: str = typer.Option("steps", help="x axis: steps or seconds."),
-    output: Optional[Path] = typer.Option(None, "-o", "--output", help="PNG file to write (default: SWEEP_DIR/curves.png)."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="PNG file to write (default: SWEEP_DIR/curves.png, with --profile SWEEP_DIR/profile.png)."),
+    profile: bool = typer.Option(False, "--profile", help="Instead of curves, rliable's performance profiles of the final evaluation return: per group, the fraction of runs scoring above each return, with a 95% band."),
 ) -> None:
-    """Plot mean training return and a 95% bootstrap band across the runs of each group.
+    """Plot mean training return and a 95% stratified-bootstrap band (rliable) across the
+    runs of each group, or with --profile the groups' performance profiles.
 
     Titled with the environment id(s) and the sweep; one panel per environment when the runs
     span several (returns of different tasks are never averaged). A group's curve runs to the
     end of its longest run: solid where all its runs have data, dashed where only some do
     (the mean and band are then over the runs still going), and a note says where its runs
-    end when they end more than 5% apart. Runs with damaged files are listed and left out.
+    end when they end more than 5% apart. Runs with damaged files are listed and left out;
+    a profile leaves out the runs that did not complete, and lists them.
     """
     from rlrun import analysis
 
-    output = sweep_dir / "curves.png" if output is None else output
+    output = sweep_dir / ("profile.png" if profile else "curves.png") if output is None else output
     try:
         if x not in ("steps", "seconds"):
             raise RLRunError(f"--x must be steps or seconds, got {x!r}.")
         groups = analysis.group_runs(_readable_runs(sweep_dir), group_by)
         sweep_name = "/".join(sweep_dir.resolve().parts[-2:])  # Hydra names sweeps <date>/<time>
-        notes = analysis.plot_curves(groups, x, output, title=f"sweep {sweep_name}, by {group_by}")
+        title = f"sweep {sweep_name}, by {group_by}"
+        notes = analysis.plot_profile(groups, output, title) if profile else analysis.plot_curves(groups, x, output, title)
     except RLRunError as err:
         _exit_with(err)
     except ImportError as err:
-        _exit_with(RLRunError(f"Plotting needs matplotlib ({err}): pip install 'rlrun[plot]'."))
+        _exit_with(RLRunError(f"Plotting needs matplotlib and rliable ({err}): pip install 'rlrun[plot]'."))
     except OSError as err:
         _exit_with(RLRunError(f"Cannot write {output}: {err.strerror or err}."))
     for note in notes:
@@ -218,8 +226,8 @@ def summary(
     """Tabulate a sweep per group (or, with --runs, per run): final returns, time to a threshold.
 
     Per group: runs completed, final evaluation return (mean ± std and IQM over the completed
-    runs), runs that reached the threshold, and the median env steps and seconds until the
-    last 20 training episodes first averaged it. With --runs, per run, ranked by final
+    runs), runs that reached the threshold, the median env steps and seconds until the last
+    20 training episodes first averaged it, and the median CPU-seconds of a run. With --runs, per run, ranked by final
     evaluation return (runs that did not complete last): the values the sweep varied, final
     and recent training return, steps and seconds to the threshold, status and directory
     (listed below the table by rank when the terminal is too narrow for it). Below the
@@ -233,14 +241,15 @@ def summary(
     try:
         runs = _readable_runs(sweep_dir)
         groups = {} if per_run else analysis.group_runs(runs, group_by)
+        threshold = analysis.default_threshold(runs) if threshold is None else threshold
+        rows = analysis.run_rows(runs, threshold) if per_run else analysis.summary_rows(groups, threshold)
     except RLRunError as err:
         _exit_with(err)
-    threshold = analysis.default_threshold(runs) if threshold is None else threshold
     console = Console()
     if per_run:
-        _print_run_table(console, sweep_dir, analysis.run_rows(runs, threshold), threshold)
+        _print_run_table(console, sweep_dir, rows, threshold)
     else:
-        console.print(_group_table(f"{sweep_dir} by {group_by}", analysis.summary_rows(groups, threshold), threshold))
+        console.print(_group_table(f"{sweep_dir} by {group_by}", rows, threshold))
     _print_unfinished(console, runs)
     _print_optuna_best(console, sweep_dir, runs)
     for name, group in groups.items():
@@ -271,15 +280,17 @@ def _threshold_caption(threshold: Optional[float]) -> str:
 def _group_table(title: str, rows: list[dict], threshold: Optional[float]):
     from rich.table import Table
 
-    table = Table(title=escape(title), caption=f"final return: mean ± std over completed runs; {_threshold_caption(threshold)}")
+    caption = f"final return: mean ± std over completed runs; {_threshold_caption(threshold)}; cpu s: median CPU-seconds of a run"
+    table = Table(title=escape(title), caption=caption)
     table.add_column("group", overflow="fold")
-    for column in ("done", "final return", "IQM", "reached", "steps", "secs"):
+    for column in ("done", "final return", "IQM", "reached", "steps", "secs", "cpu s"):
         table.add_column(column, justify="right", no_wrap=True)  # numbers are never split
     for row in rows:
         final = "-" if row["final_mean"] is None else f"{row['final_mean']:.1f} ± {row['final_std']:.1f}"
         table.add_row(
             escape(row["group"]), f"{row['completed']}/{row['runs']}", final, _number(row["final_iqm"], ".1f"),
             f"{row['reached']}/{row['runs']}", _number(row["steps_to_threshold"], ",.0f"), _number(row["seconds_to_threshold"], ".1f"),
+            _number(row["cpu_seconds"], ".1f"),
         )
     return table
 

@@ -71,9 +71,16 @@ def _checkpoint_steps(run_dir: Path) -> list[int]:
 
 
 class StopSignals:
-    """While active, the first SIGINT or SIGTERM only sets `received`, so the loop can stop
-    at the next safe point; a second SIGINT raises KeyboardInterrupt at once and a second
-    SIGTERM kills the process (files are written atomically, so neither corrupts them)."""
+    """While active, the first SIGINT, SIGTERM or SIGUSR2 only sets `received`, so the loop can
+    stop at the next safe point; a second SIGINT raises KeyboardInterrupt at once and a second
+    SIGTERM kills the process (files are written atomically, so neither corrupts them).
+
+    SIGUSR2 is the warning a cluster sends before a time limit or preemption (SLURM's
+    `--signal`, submitit's `signal_delay_s`): once the checkpoint is written, `hand_over`
+    passes it to the handler that was there before (submitit's, which requeues the job).
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 
     def __init__(self) -> None:
         self.received: int | None = None
@@ -81,7 +88,7 @@ class StopSignals:
 
     def __enter__(self) -> StopSignals:
         if threading.current_thread() is threading.main_thread():  # Python allows no other
-            for signum in (signal.SIGINT, signal.SIGTERM):
+            for signum in self.SIGNALS:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -93,6 +100,12 @@ class StopSignals:
         self.received = signum
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+    def hand_over(self) -> None:
+        """Run the earlier handler of the signal received, if it was a Python function."""
+        previous = self._previous.get(self.received) if self.received is not None else None
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(self.received, None)
 
 
 def non_finite(policy: torch.nn.Module, stats: dict[str, float]) -> list[str]:

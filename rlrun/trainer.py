@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+from contextlib import nullcontext
 import os
 import socket
 import time
@@ -23,7 +24,7 @@ from torch.distributions import Distribution, kl_divergence
 
 from rlrun.algos import algorithm_class
 from rlrun.checkpoint import (
-    check_resumable, load_checkpoint, load_env_snapshot, read_summary, record_failure, save_checkpoint, write_summary,
+    CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, check_resumable, load_checkpoint, load_env_snapshot, read_summary, record_failure, save_checkpoint, write_summary,
 )
 from rlrun.collector import Collector
 from rlrun.config import Config, to_object
@@ -40,12 +41,17 @@ log = logging.getLogger(__name__)
 RECENT_EPISODES = 20  # rollout/recent_return averages the last this many training episodes
 
 
-def train(cfg: DictConfig, run_dir: str | Path, signals: StopSignals | None = None, choices: dict[str, str] | None = None) -> float:
+def train(
+    cfg: DictConfig, run_dir: str | Path, signals: StopSignals | None = None, choices: dict[str, str] | None = None,
+    continue_run: bool = False,
+) -> float:
     """Train as `cfg` says, write everything to `run_dir`; return the final evaluation return.
 
     `signals`: stop handling installed by the caller before its slow imports (so a signal
     during start-up still ends in a clean, resumable stop); installed here otherwise.
     `choices`: the config files chosen (algo, env, preset), shown and logged as hyperparameters.
+    `continue_run`: a checkpoint already in `run_dir` is this job's own (a sweep's job
+    directory is new to each sweep, so only a requeued or re-run job finds one): continue it.
     """
     run_dir = Path(run_dir)
     try:
@@ -55,9 +61,10 @@ def train(cfg: DictConfig, run_dir: str | Path, signals: StopSignals | None = No
             record_failure(run_dir, err)
         raise
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    with RunLock(run_dir), (signals or StopSignals()) as signals:
+    with RunLock(run_dir), (nullcontext(signals) if signals else StopSignals()) as signals:
         # Outside the try: a refused resume leaves the run it names exactly as it was.
-        checkpoint = _checkpoint_to_resume(config, resolved) if config.resume else None
+        resume_dir = Path(config.resume) if config.resume else run_dir if continue_run and _has_checkpoint(run_dir) else None
+        checkpoint = _checkpoint_to_resume(resume_dir, resolved) if resume_dir else None
         try:
             if checkpoint is None:
                 (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
@@ -73,11 +80,14 @@ def train(cfg: DictConfig, run_dir: str | Path, signals: StopSignals | None = No
             raise
 
 
-def _checkpoint_to_resume(config: Config, resolved: dict[str, Any]) -> dict[str, Any] | None:
+def _has_checkpoint(run_dir: Path) -> bool:
+    return any((run_dir / name).exists() for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE))
+
+
+def _checkpoint_to_resume(run_dir: Path, resolved: dict[str, Any]) -> dict[str, Any] | None:
     """The checkpoint to continue from, checked against the configuration; None (start afresh
     with the same configuration) for a run that was stopped before its first checkpoint."""
-    run_dir = Path(config.resume)
-    if not any((run_dir / name).exists() for name in ("checkpoint.pt", "checkpoint.prev.pt")):
+    if not _has_checkpoint(run_dir):
         Console(stderr=True).print(f"{run_dir} has no checkpoint yet: training it from the start with its configuration", highlight=False)
         return None
     checkpoint = load_checkpoint(run_dir)
@@ -116,6 +126,8 @@ class Trainer:
         self.global_step = 0  # real transitions collected (reset steps do not count)
         self.updates = 0
         self.wall_seconds = 0.0  # of earlier processes, when resumed
+        self.cpu_seconds = 0.0  # likewise: the compute a run cost, whatever the machine's load
+        self.session_start_cpu = time.process_time()
         self.next_eval_step = config.eval_interval
         self.recent_returns: deque[float] = deque(maxlen=RECENT_EPISODES)
         self.checkpoint_step: int | None = None  # env step of the newest checkpoint on disk
@@ -127,6 +139,7 @@ class Trainer:
             "global_step": self.global_step,
             "updates": self.updates,
             "wall_seconds": self.wall_seconds,
+            "cpu_seconds": self.cpu_seconds + self.session_cpu_seconds(),
             "next_eval_step": self.next_eval_step,
             "recent_returns": list(self.recent_returns),
             "policy": self.policy.state_dict(),
@@ -139,6 +152,7 @@ class Trainer:
         try:
             self.global_step, self.updates = state["global_step"], state["updates"]
             self.wall_seconds, self.next_eval_step = state["wall_seconds"], state["next_eval_step"]
+            self.cpu_seconds = state["cpu_seconds"]
             self.recent_returns.extend(state["recent_returns"])
             self.policy.load_state_dict(state["policy"])
             self.algo.load_state_dict(state["algo"])
@@ -265,6 +279,10 @@ class Trainer:
             save_checkpoint(self.run_dir, state, self.collector.snapshot())
             self.checkpoint_step = self.global_step
 
+    def session_cpu_seconds(self) -> float:
+        """CPU time of this process since the run started in it (all its threads)."""
+        return time.process_time() - self.session_start_cpu
+
     def write_running_summary(self) -> None:
         """Say at once that this process trains here: readers tell a live run from a dead one."""
         summary = {**read_summary(self.run_dir), "status": "running", "pid": os.getpid(), "host": socket.gethostname()}
@@ -284,6 +302,7 @@ class Trainer:
             "total_timesteps": self.config.total_timesteps,
             "updates": self.updates,
             "wall_seconds": round(wall_seconds, 3),
+            "cpu_seconds": round(self.cpu_seconds + self.session_cpu_seconds(), 3),
             "sps": round(self.global_step / wall_seconds, 1) if wall_seconds > 0 else 0.0,
             "eval_episodes": int(eval_returns.size),
             "eval_return_mean": float(eval_returns.mean()) if eval_returns.size else None,
