@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import RLRUN, TINY, compose_config, run_rlrun
+from helpers import RLRUN, compose_config, run_rlrun
 from rlrun import checkpoint as checkpoint_module
 from rlrun.checkpoint import load_checkpoint
 from rlrun.cli import _resume_arguments, app

@@ -12,55 +12,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-from omegaconf import MISSING
-
-from rlrun.algos.base import Algorithm, normalize
-from rlrun.config import OptimConfig, bound, check_one_rollout, unit_interval
-from rlrun.returns import gae
-from rlrun.rollout import Batch, Rollout
+from rlrun.algos.base import FixedRolloutAlgorithm, FixedRolloutConfig, normalize
+from rlrun.rollout import Batch
 
 
 @dataclass
-class A2CConfig(OptimConfig):
+class A2CConfig(FixedRolloutConfig):
     """configs/algo/a2c.yaml."""
 
-    rollout_steps: int = MISSING
-    gamma: float = MISSING
-    gae_lambda: float = MISSING
-    normalize_advantages: bool = MISSING
-    ent_coef: float = MISSING
-    vf_coef: float = MISSING
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        bound("algo.rollout_steps", self.rollout_steps, ">=", 1)
-        unit_interval("algo.gamma", self.gamma, open_at_zero=True)
-        unit_interval("algo.gae_lambda", self.gae_lambda, open_at_zero=False)
-        bound("algo.ent_coef", self.ent_coef, ">=", 0)
-        bound("algo.vf_coef", self.vf_coef, ">=", 0)
-
-    def check_run(self, num_envs: int, total_timesteps: int) -> None:
-        check_one_rollout(self.rollout_steps, num_envs, total_timesteps)
-
-
-class A2C(Algorithm):
+class A2C(FixedRolloutAlgorithm):
     """loss = -mean_t A_t log pi(a_t|s_t) + vf_coef * 0.5 mean_t (V(s_t) - R_t)^2
               - ent_coef * mean_t H(pi(.|s_t)),  one gradient step per rollout."""
 
     name = "a2c"
     config_class = A2CConfig
     config: A2CConfig
-
-    @classmethod
-    def discount(cls, config) -> float:
-        return config.gamma
-
-    def advantages(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        return gae(
-            rollout.rewards, rollout.values, rollout.next_value, rollout.terminated,
-            rollout.dones, self.config.gamma, self.config.gae_lambda,
-        )
 
     def update(self, batch: Batch) -> dict[str, float]:
         config = self.config

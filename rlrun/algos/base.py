@@ -39,14 +39,17 @@ reference implementations); `gradient_step(loss)` is the only way an update move
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from omegaconf import MISSING
 from torch.func import functional_call, grad, vmap
 
-from rlrun.config import OptimConfig
+from rlrun.config import OptimConfig, bound, check_one_rollout, unit_interval
 from rlrun.optim import Adam, clip_grad_norm_
 from rlrun.policies import ActorCritic
+from rlrun.returns import gae
 from rlrun.rollout import Batch, Rollout
 
 ALGORITHMS: dict[str, type[Algorithm]] = {}  # name -> class, filled as subclasses are defined
@@ -111,6 +114,46 @@ class Algorithm:
         grad_norm = clip_grad_norm_(self.optimizer.params, math.inf if max_norm is None else max_norm)
         self.optimizer.step()
         return grad_norm
+
+
+@dataclass
+class FixedRolloutConfig(OptimConfig):
+    """The keys of the actor-critic algorithms that learn from fixed-length rollouts with GAE
+    advantages (A2C and both PPOs)."""
+
+    rollout_steps: int = MISSING
+    gamma: float = MISSING
+    gae_lambda: float = MISSING
+    normalize_advantages: bool = MISSING
+    ent_coef: float = MISSING
+    vf_coef: float = MISSING
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        bound("algo.rollout_steps", self.rollout_steps, ">=", 1)
+        unit_interval("algo.gamma", self.gamma, open_at_zero=True)
+        unit_interval("algo.gae_lambda", self.gae_lambda, open_at_zero=False)
+        bound("algo.ent_coef", self.ent_coef, ">=", 0)
+        bound("algo.vf_coef", self.vf_coef, ">=", 0)
+
+    def check_run(self, num_envs: int, total_timesteps: int) -> None:
+        check_one_rollout(self.rollout_steps, num_envs, total_timesteps)
+
+
+class FixedRolloutAlgorithm(Algorithm):
+    """Fixed rollouts, a critic, GAE(lambda) advantages and lambda-returns as value targets."""
+
+    config: FixedRolloutConfig
+
+    @classmethod
+    def discount(cls, config: FixedRolloutConfig) -> float:
+        return config.gamma
+
+    def advantages(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
+        return gae(
+            rollout.rewards, rollout.values, rollout.next_value, rollout.terminated,
+            rollout.dones, self.config.gamma, self.config.gae_lambda,
+        )
 
 
 def normalize(advantages: torch.Tensor) -> torch.Tensor:

@@ -16,37 +16,25 @@ import torch
 from omegaconf import MISSING
 from torch.distributions import Distribution, kl_divergence
 
-from rlrun.algos.base import Algorithm, normalize
-from rlrun.config import OptimConfig, bound, check, check_one_rollout, unit_interval
-from rlrun.returns import gae
-from rlrun.rollout import Batch, Rollout
+from rlrun.algos.base import FixedRolloutAlgorithm, FixedRolloutConfig, normalize
+from rlrun.config import bound, check
+from rlrun.rollout import Batch
 
 
 @dataclass
-class PPOConfig(OptimConfig):
-    """Shared by both PPO variants: fixed-length rollouts, GAE, minibatch epochs."""
+class PPOConfig(FixedRolloutConfig):
+    """Shared by both PPO variants: minibatch epochs over each rollout."""
 
-    rollout_steps: int = MISSING
     epochs: int = MISSING
     num_minibatches: int = MISSING
-    gamma: float = MISSING
-    gae_lambda: float = MISSING
-    normalize_advantages: bool = MISSING
-    ent_coef: float = MISSING
-    vf_coef: float = MISSING
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        bound("algo.rollout_steps", self.rollout_steps, ">=", 1)
         bound("algo.epochs", self.epochs, ">=", 1)
         bound("algo.num_minibatches", self.num_minibatches, ">=", 1)
-        unit_interval("algo.gamma", self.gamma, open_at_zero=True)
-        unit_interval("algo.gae_lambda", self.gae_lambda, open_at_zero=False)
-        bound("algo.ent_coef", self.ent_coef, ">=", 0)
-        bound("algo.vf_coef", self.vf_coef, ">=", 0)
 
     def check_run(self, num_envs: int, total_timesteps: int) -> None:
-        check_one_rollout(self.rollout_steps, num_envs, total_timesteps)
+        super().check_run(num_envs, total_timesteps)
         batch_size = self.rollout_steps * num_envs
         check(
             self.num_minibatches <= batch_size,
@@ -92,20 +80,10 @@ class PPOKLConfig(PPOConfig):
             )
 
 
-class PPO(Algorithm):
+class PPO(FixedRolloutAlgorithm):
     """The part both PPO variants share; a subclass supplies `policy_loss`."""
 
     config: PPOConfig
-
-    @classmethod
-    def discount(cls, config) -> float:
-        return config.gamma
-
-    def advantages(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
-        return gae(
-            rollout.rewards, rollout.values, rollout.next_value, rollout.terminated,
-            rollout.dones, self.config.gamma, self.config.gae_lambda,
-        )
 
     def policy_loss(self, ratio: torch.Tensor, advantages: torch.Tensor, dist: Distribution, minibatch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The negated surrogate to minimise, and diagnostics to log."""
