@@ -13,8 +13,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import torch
-
 from rlrun.errors import RLRunError
 
 
@@ -110,6 +108,7 @@ class StopSignals:
 
 def non_finite(policy: torch.nn.Module, stats: dict[str, float]) -> list[str]:
     """The losses and parameters that are NaN or infinite."""
+    import torch  # here: the CLI imports this module for its signal handling before torch loads
     bad = [name for name, value in stats.items() if name.endswith("loss") and not math.isfinite(value)]
     # One check of every weight at once (copying them into one vector costs less than a
     # reduction per parameter); the names are looked up only when something is wrong.

@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 from helpers import RLRUN, compose_config, run_rlrun
 from rlrun import checkpoint as checkpoint_module
 from rlrun.checkpoint import load_checkpoint
-from rlrun.cli import _resume_arguments, app
+from rlrun.cli import app
+from rlrun.launch import resume_arguments
 from rlrun.errors import RLRunError
 from rlrun.lifecycle import DiskFull
 from rlrun.trainer import train
@@ -118,18 +119,18 @@ def test_the_fallback_to_the_previous_checkpoint_is_said_on_the_terminal(run_dir
 def test_resume_replays_only_plain_config_overrides(run_dir, override):
     (run_dir / ".hydra" / "overrides.yaml").write_text(f"- {json.dumps(override)}\n")
     with pytest.raises(RLRunError, match="not a plain `key=value` config override"):
-        _resume_arguments([f"resume={run_dir}"])
+        resume_arguments([f"resume={run_dir}"])
 
 
 def test_resume_reads_neither_a_planted_record_nor_a_damaged_one(run_dir):
     planted = run_dir / ".hydra" / "resume-9999" / "overrides.yaml"
     planted.parent.mkdir()
     planted.write_text("- algo.lr=0.5\n")
-    args = _resume_arguments([f"resume={run_dir}"])
+    args = resume_arguments([f"resume={run_dir}"])
     assert "algo.lr=0.5" not in args and "total_timesteps=2048" in args[:4] + args
     (run_dir / ".hydra" / "overrides.yaml").write_text("- [unclosed\n")
     with pytest.raises(RLRunError, match="overrides.yaml is damaged"):
-        _resume_arguments([f"resume={run_dir}"])
+        resume_arguments([f"resume={run_dir}"])
 
 
 def test_crafted_overrides_write_nothing_outside_the_run(run_dir, tmp_path):

@@ -11,7 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from typer.testing import CliRunner
 
 from helpers import REPO, RLRUN, TINY, compose_config, run_rlrun
-from rlrun import cli, tracking
+from rlrun import launch, tracking
 from rlrun.cli import app
 from rlrun.errors import RLRunError
 from rlrun.lifecycle import StopSignals
@@ -48,8 +48,8 @@ def test_runs_started_at_once_get_a_directory_each(tmp_path):
 
 
 def test_the_default_run_directory_names_the_run(tmp_path):
-    name = cli._new_dir(str(tmp_path / "05-34-44_ppo_clip_CartPole-v1_seed1"))
-    assert cli._new_dir(str(tmp_path / "05-34-44_ppo_clip_CartPole-v1_seed1")) == name + "_2"
+    name = launch.new_dir(str(tmp_path / "05-34-44_ppo_clip_CartPole-v1_seed1"))
+    assert launch.new_dir(str(tmp_path / "05-34-44_ppo_clip_CartPole-v1_seed1")) == name + "_2"
     import yaml
 
     pattern = yaml.safe_load((REPO / "configs" / "config.yaml").read_text())["hydra"]["run"]["dir"]
@@ -75,7 +75,7 @@ def test_refused_configurations_leave_no_run_directory(tmp_path):
 )
 def test_keys_no_schema_has_are_refused_with_the_closest_ones(override, message):
     with pytest.raises(RLRunError, match=message.replace(".", r"\.").replace("`", ".")):
-        cli._check_overrides([override])
+        launch.check_overrides([override])
 
 
 def test_a_key_added_past_the_cli_is_refused_when_the_config_is_read():
@@ -87,24 +87,24 @@ def test_a_key_added_past_the_cli_is_refused_when_the_config_is_read():
 
 def test_a_removed_key_is_refused_not_replaced_by_a_hidden_default():
     with pytest.raises(RLRunError, match="would remove what every run reads"):
-        cli._check_overrides(["~total_timesteps"])
+        launch.check_overrides(["~total_timesteps"])
 
 
 def test_integral_scientific_notation_reads_as_an_integer():
     args = ["total_timesteps=1e5", "-m", "seed=1e1,2e1", "algo.lr=3e-4", "algo.lr=2.5e-1"]
-    assert cli._integral_floats(args) == ["total_timesteps=100000", "-m", "seed=10,20", "algo.lr=3e-4", "algo.lr=2.5e-1"]
+    assert launch.integral_floats(args) == ["total_timesteps=100000", "-m", "seed=10,20", "algo.lr=3e-4", "algo.lr=2.5e-1"]
 
 
 def test_a_launcher_whose_plugin_namespace_is_missing_names_the_install(monkeypatch):
-    monkeypatch.setitem(cli.PLUGINS, ("hydra/launcher", "joblib"), ("no_such_namespace.joblib_launcher", "joblib"))
+    monkeypatch.setitem(launch.PLUGINS, ("hydra/launcher", "joblib"), ("no_such_namespace.joblib_launcher", "joblib"))
     with pytest.raises(RLRunError, match=r"pip install 'rlrun\[joblib\]'"):
-        cli._check_overrides(["-m", "hydra/launcher=joblib", "seed=1,2"])
+        launch.check_overrides(["-m", "hydra/launcher=joblib", "seed=1,2"])
 
 
 def test_a_new_run_never_writes_into_an_existing_one(tmp_path):
     (tmp_path / "run" / ".hydra").mkdir(parents=True)
     with pytest.raises(RLRunError, match="already holds a run; .*resume="):
-        cli._check_overrides([f"hydra.run.dir={tmp_path / 'run'}"])
+        launch.check_overrides([f"hydra.run.dir={tmp_path / 'run'}"])
 
 
 def test_version_and_help():
@@ -185,8 +185,8 @@ def test_a_sweep_names_jobs_by_swept_keys_and_says_how_to_read_it(tmp_path):
 
 
 def test_job_names_round_floats_and_stay_short():
-    assert cli._job_name(["algo.lr=0.000123456789", "seed=2", "env.num_envs=8"], ["env.num_envs"]) == "algo.lr=0.0001235,seed=2"
-    assert len(cli._job_name([f"algo.lr={'1' * 400}"], []).encode()) < 255
+    assert launch.job_name(["algo.lr=0.000123456789", "seed=2", "env.num_envs=8"], ["env.num_envs"]) == "algo.lr=0.0001235,seed=2"
+    assert len(launch.job_name([f"algo.lr={'1' * 400}"], []).encode()) < 255
 
 
 def test_two_writers_of_one_run_the_second_is_refused(finished_run, tmp_path):
