@@ -11,9 +11,12 @@ import signal
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlrun.errors import RLRunError
+
+if TYPE_CHECKING:
+    import torch
 
 
 class RunInterrupted(KeyboardInterrupt):
