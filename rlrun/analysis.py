@@ -409,8 +409,9 @@ REFERENCE_FILE = "reference_returns.yaml"
 def check_envs(groups: dict[str, list[Run]], force: bool) -> dict[str, list[str]]:
     """Each group's environment ids; refuses groups of different (or mixed) environments
     unless `force`, since returns of different tasks are not on one scale."""
-    envs = {name: sorted({str(run.info.get("env.id", "?")) for run in runs}) for name, runs in groups.items()}
-    if not force and len({env for ids in envs.values() for env in ids}) > 1:
+    # a job not started yet has no resolved config: no env to hold against the others
+    envs = {name: sorted({str(run.info["env.id"]) for run in runs if "env.id" in run.info}) or ["?"] for name, runs in groups.items()}
+    if not force and len({env for ids in envs.values() for env in ids} - {"?"}) > 1:
         listed = "; ".join(f"{name}: {', '.join(ids)}" for name, ids in envs.items())
         raise RLRunError(
             f"The groups are not all of one environment ({listed}): returns of different tasks do not compare. "
@@ -545,7 +546,7 @@ def verdict(pair: dict[str, Any]) -> str:
         short = [f"{name} has {n} finished run{'s' * (n != 1)}" for name, n in ((a, pair["n_a"]), (b, pair["n_b"])) if n < 2]
         return f"{a} vs {b}: not tested: {' and '.join(short)}; a test needs at least 2 per group."
     p, poi = _p(pair), pair["probability_of_improvement"]
-    numbers = f"p = {p:.2g}, P({a}>{b}) = {poi:.2f}"
+    numbers = f"p = {p:.3g}, P({a}>{b}) = {poi:.2f}"
     if pair["significant"]:
         return f"{a} is better than {b} ({numbers}).{_disagreement(pair)}"
     seeds = pair["n_a"] if pair["n_a"] == pair["n_b"] else f"{pair['n_a']} and {pair['n_b']}"
@@ -560,8 +561,8 @@ def _disagreement(pair: dict[str, Any]) -> str:
     if welch is None or (mann_whitney < stats.ALPHA) == (welch < stats.ALPHA):
         return ""
     if mann_whitney < stats.ALPHA:
-        return f" (Mann-Whitney U alone finds a difference: p = {mann_whitney:.2g}.)"
-    return f" (Mann-Whitney U does not confirm it: p = {mann_whitney:.2g}.)"
+        return f" (Mann-Whitney U alone finds a difference: p = {mann_whitney:.3g}.)"
+    return f" (Mann-Whitney U does not confirm it: p = {mann_whitney:.3g}.)"
 
 
 def references() -> dict[str, Any]:
@@ -600,7 +601,7 @@ def _beside(row: dict[str, Any], runs: list[Run], results: list[dict[str, Any]])
     steps = float(np.median([run.summary["env_steps"] for run in runs if _is_number(run.summary.get("env_steps"))] or [np.nan]))
     beside = {"group": row["group"], "env": env, "n": row["n"], "mean": row["mean"], "mean_ci": row["mean_ci"], "env_steps": None if math.isnan(steps) else steps}
     if match is None:
-        return beside | {"published": None, "notes": [f"no published number for {_env_name(env)[0]}"]}
+        return beside | {"published": None, "position": None, "notes": [f"no published number for {_env_name(env)[0]}"]}
     notes = [f"env version differs: {env} here, {match['env']} published"] if match["env"] != env else []
     algos = sorted({str(run.info.get("algo")) for run in runs})
     if algos != ["ppo_clip"]:
@@ -615,3 +616,14 @@ def _position(ci: list[float] | None, published: float) -> str | None:
     if ci is None:
         return None
     return "below published" if ci[1] < published else "above published" if ci[0] > published else "published mean within CI"
+
+
+def json_safe(value: Any) -> Any:
+    """`value` with every non-finite float as None: JSON has no NaN or infinity."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value

@@ -238,8 +238,8 @@ def summary(
 
 @app.command()
 def compare(
-    paths: list[Path] = typer.Argument(..., metavar="SWEEP_OR_GROUP...", help="Directories of runs: each one group, or with --by (and for a single directory) pooled and grouped by a key."),
-    by: Optional[str] = typer.Option(None, help="Config key whose values are the groups: algo, env.id, algo.lr, ... (default for a single directory: algo)."),
+    paths: list[Path] = typer.Argument(..., metavar="SWEEP_OR_GROUP", help="Directories of runs: each one group, or with --by (and for a single directory) pooled and grouped by a key."),
+    by: Optional[str] = typer.Option(None, "--by", "--group-by", help="Config key whose values are the groups: algo, env.id, algo.lr, ... (default for a single directory: algo)."),
     metric: str = typer.Option("eval", help="eval: final evaluation return; recent: last 20 training episodes; auc: mean training return over the steps every run trained; steps, seconds: until --threshold (fewer is better)."),
     threshold: Optional[float] = typer.Option(None, help="Return for --metric steps|seconds (default: the environment's Gymnasium reward threshold)."),
     reference: Optional[str] = typer.Option(None, help="Place each group beside published PPO returns: cleanrl or rl-zoo3."),
@@ -366,7 +366,7 @@ def _reference_table(result: dict):
     table.add_column("notes", overflow="fold")
     for row in reference["rows"]:
         published = row["published"]
-        shown = "-" if published is None else f"{published['mean']:.1f} ± {published['spread']:.1f}\n{published['env']}, {published['steps']:,} steps"
+        shown = "-" if published is None else f"{published['mean']:g} ± {published['spread']:g}\n{published['env']}, {published['steps']:,} steps"
         notes = [row["position"]] if row.get("position") else []
         table.add_row(escape(row["group"]), _with_ci(row["mean"], row["mean_ci"], spec), shown, escape("; ".join(notes + row["notes"]) or "-"))
     return table

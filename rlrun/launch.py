@@ -56,7 +56,7 @@ class SweepReport(Callback):
         failed = f" ({cls.failed} failed)" if cls.failed else ""
         Console().print(
             f"sweep done{failed}: {cls.sweep_dir}\n  rlrun summary {cls.sweep_dir}\n  rlrun summary {cls.sweep_dir} --runs\n"
-            f"  rlrun plot {cls.sweep_dir}\n  tensorboard --logdir {cls.sweep_dir}",
+            f"  rlrun plot {cls.sweep_dir}\n  rlrun compare {cls.sweep_dir} --by <swept key>\n  tensorboard --logdir {cls.sweep_dir}",
             highlight=False, soft_wrap=True,
         )
 
@@ -146,6 +146,7 @@ PLUGINS = {
     ("hydra/launcher", "submitit_slurm"): ("hydra_plugins.hydra_submitit_launcher", "submitit"),
     ("hydra/launcher", "slurm"): ("hydra_plugins.hydra_submitit_launcher", "submitit"),
     ("hydra/launcher", "ray"): ("hydra_plugins.hydra_ray_launcher", "ray"),
+    ("hydra/launcher", "ray_cluster"): ("hydra_plugins.hydra_ray_launcher", "ray"),
     ("hydra/sweeper", "optuna"): ("hydra_plugins.hydra_optuna_sweeper", "optuna"),
 }
 CHECKED_GROUPS = ("algo", "env", "tuned", "hparams_search")

@@ -16,9 +16,10 @@ from omegaconf import OmegaConf
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import TINY, run_rlrun
-from rlrun.analysis import RETURN_TAG, Run, bootstrap_ci, on_grid, plot_curves
+from helpers import TINY, run_rlrun
+from rlrun.analysis import RETURN_TAG, Run, on_grid, plot_curves
 from rlrun.cli import app
+from rlrun.stats import mean_band
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +67,8 @@ def test_summary_tabulates_each_group(sweep):
         finals = [summary_of(run)["eval_return_mean"] for run in runs_of(sweep) if f"algo={algo}," in run.name]
         assert cells[1] == "2/2" and cells[2].startswith(f"{np.mean(finals):.1f} ± ")
         assert cells[4] == "2/2" and cells[5] != "-"  # every run's recent return passed 10
+        cpu = [summary_of(run)["cpu_seconds"] for run in runs_of(sweep) if f"algo={algo}," in run.name]
+        assert cells[7] == f"{np.median(cpu):.1f}"  # the trainer's cpu_seconds, median over the group
     assert "first averaged 475" in " ".join(rlrun("summary", sweep).stdout.split())  # CartPole-v1's own threshold
 
 
@@ -177,6 +180,16 @@ def test_plot_titles_with_env_and_sweep_and_writes_into_the_sweep(copy, tmp_path
     assert result.exit_code == 0 and (tmp_path / "seconds.png").is_file()
 
 
+def test_plot_profile_draws_rliables_performance_profiles_of_completed_runs(copy, tmp_path):
+    failed = runs_of(copy)[0]
+    (failed / "summary.json").write_text(json.dumps({**summary_of(failed), "status": "failed", "error": "boom"}))
+    result = rlrun("plot", copy, "--profile")
+    assert result.exit_code == 0, result.stderr
+    assert f"note: {failed.name}: failed, left out" in result.stderr and f"wrote {copy / 'profile.png'}" in result.stdout
+    with Image.open(copy / "profile.png") as image:
+        assert image.size == (1200, 750) and image.info["Title"] == f"CartPole-v1: sweep {copy.parent.name}/sweep, by algo"
+
+
 def test_plot_draws_a_panel_per_environment_rather_than_mixing_them(copy):
     for run in [run for run in runs_of(copy) if "seed=2" in run.name]:
         config = OmegaConf.load(run / "config.yaml")
@@ -197,7 +210,7 @@ def _fake_run(tmp_path, name, steps):
 
 def test_a_group_curve_runs_to_its_longest_run_and_says_where_runs_end(tmp_path):
     grid, values = on_grid([(np.array([0.0, 10.0]), np.array([0.0, 10.0])), (np.array([0.0, 4.0]), np.array([4.0, 0.0]))], points=6)
-    mean, low, high = bootstrap_ci(values)
+    mean, low, high = mean_band(values)
     assert grid.tolist() == [0, 2, 4, 6, 8, 10] and np.isnan(values[1, 3:]).all()
     assert mean.tolist() == [2.0, 2.0, 2.0, 6.0, 8.0, 10.0]  # past 4: the run still going
     assert (low <= mean).all() and (high >= mean).all()
