@@ -208,8 +208,17 @@ def check_overrides(args: list[str]) -> list[str]:
                 for value in values:
                     check_value(group, _typed(value), algo_configs[algo])
     if "-m" in args or "--multirun" in args:
+        launchers = [value for o in overrides if o.key_or_group == "hydra/launcher" for value in (_values(o) or [])]
+        if "ray_cluster" in launchers and not os.environ.get("RAY_ADDRESS"):
+            raise RLRunError(
+                "hydra/launcher=ray_cluster runs the sweep on a running Ray cluster, named by RAY_ADDRESS: "
+                "export RAY_ADDRESS=ray://HEAD:10001 (the head node's Ray client port), and where the cluster uses "
+                "token authentication RAY_AUTH_MODE=token and its token (README, \"Clusters\"). Nothing was run."
+            )
         constant = sorted({o.key_or_group for o in overrides if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")})
-        args = [*args, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(constant)}]"]
+        # Beside the other overrides (argparse wants them together), not last: a flag may end the line.
+        first = next((i for i, arg in enumerate(args) if arg in candidates), len(args))
+        args = [*args[:first], f"hydra.job.config.override_dirname.exclude_keys=[{','.join(constant)}]", *args[first:]]
     return args
 
 
