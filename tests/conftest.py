@@ -1,37 +1,14 @@
+"""Fixtures only; plain helpers (REPO, RLRUN, TINY, run_rlrun, compose_config, ...) are in
+helpers.py (tests/ is on sys.path: `pythonpath` in pyproject.toml)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
+import logging
+import shutil
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from omegaconf import DictConfig
 
-from rlrun.algos import config_classes
-from rlrun.config import register_schemas, to_object
-
-REPO = Path(__file__).resolve().parents[1]
-RLRUN = Path(sys.executable).with_name("rlrun")  # the installed console script
-
-# A run that finishes in about a second: 2 updates of 8 envs x 16 steps.
-TINY = ["total_timesteps=256", "env.num_envs=8", "algo.rollout_steps=16", "eval_episodes=2"]
-
-
-def run_rlrun(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run the real `rlrun` console script in a subprocess."""
-    return subprocess.run(
-        [str(RLRUN), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-
-
-def compose_config(*overrides: str) -> DictConfig:
-    """The composed config, as `rlrun train` would see it."""
-    register_schemas(config_classes())
-    with initialize_config_module(config_module="rlrun.configs", version_base="1.3"):
-        return compose(config_name="config", overrides=list(overrides))
+from helpers import CLI_RUN, TINY, run_rlrun
 
 
 @pytest.fixture
@@ -39,11 +16,44 @@ def tiny_overrides() -> list[str]:
     return list(TINY)
 
 
-def algo_config(name: str, *overrides: str):
-    """The config object of algorithm `name` as its yaml sets it, with `algo.`-key overrides."""
-    return to_object(compose_config(f"algo={name}", *(f"algo.{o}" for o in overrides))).algo
+@pytest.fixture(scope="session")
+def cli_run(tmp_path_factory):
+    """One real `rlrun train` (a subprocess) shared by the session: (run_dir, its result).
+
+    Read it only; a test that changes the run takes `cli_run_copy`."""
+    root = tmp_path_factory.mktemp("cli_run")
+    run_dir = root / "run"
+    result = run_rlrun("train", f"hydra.run.dir={run_dir}", *CLI_RUN, cwd=root)
+    assert result.returncode == 0, result.stderr
+    return run_dir, result
 
 
-def policy_config(*overrides: str):
-    """The policy config as configs/config.yaml sets it, with `policy.`-key overrides."""
-    return to_object(compose_config(*(f"policy.{o}" for o in overrides))).policy
+@pytest.fixture
+def cli_run_copy(cli_run, tmp_path) -> Path:
+    """A copy of the session's `rlrun train` run directory, for a test to change."""
+    return Path(shutil.copytree(cli_run[0], tmp_path / "run"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def one_torch_thread():
+    """Small networks run fastest on one thread (rlrun's own default, torch_threads=1). Every
+    Trainer sets it for the process anyway; set here, the thread count no longer depends on
+    whether a training test happened to run first."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def no_stale_log_handlers():
+    """Hydra run in-process (`rlrun train --help` and the like through CliRunner) configures
+    logging: its root handlers write to the streams CliRunner captured, closed once the call
+    returns, and every later log record would be a "Logging error" on stderr. Remove the
+    handlers a test added (pytest's own come and go by themselves) and restore the level."""
+    root = logging.getLogger()
+    before, level = list(root.handlers), root.level
+    yield
+    for handler in [h for h in root.handlers if h not in before and not type(h).__module__.startswith("_pytest")]:
+        root.removeHandler(handler)
+        handler.close()
+    root.setLevel(level)

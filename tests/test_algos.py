@@ -4,7 +4,7 @@ import gymnasium as gym
 import torch
 
 from rlrun.algos.ppo import PPOClip
-from conftest import algo_config, policy_config
+from helpers import algo_config, policy_config
 from rlrun.policies import ActorCritic
 
 

@@ -1,24 +1,49 @@
-"""Every yaml in configs/ composes into valid objects; out-of-range values are refused."""
+"""The yaml files and the schemas agree; out-of-range values are refused. (That every env
+config composes with every algorithm, into the right dataclasses, is checked by the training
+matrix in test_envs.py.)"""
 
+from dataclasses import MISSING as NO_DEFAULT
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
+from omegaconf import MISSING, OmegaConf
 
-from conftest import compose_config
-from rlrun.config import Config, to_object
+from helpers import ALGOS, compose_config
+from rlrun.algos import ALGORITHMS
+from rlrun.config import Config, EnvConfig, PolicyConfig, to_object
 from rlrun.errors import RLRunError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-ALGOS = sorted(p.stem for p in (CONFIGS / "algo").glob("*.yaml"))
-ENVS = sorted(p.stem for p in (CONFIGS / "env").glob("*.yaml"))
+ALGO_YAMLS = sorted(p.stem for p in (CONFIGS / "algo").glob("*.yaml"))
+
+
+def test_every_registered_algorithm_has_a_yaml_and_every_yaml_an_algorithm():
+    assert ALGO_YAMLS == ALGOS
+
+
+@pytest.mark.parametrize("schema", [Config, EnvConfig, PolicyConfig, *(ALGORITHMS[name].config_class for name in ALGOS)], ids=lambda schema: schema.__name__)
+def test_the_schemas_hold_no_defaults(schema):
+    """Every value comes from the yaml files: a default in code would be a second source."""
+    with_defaults = [f.name for f in fields(schema) if f.default != MISSING or f.default_factory is not NO_DEFAULT]
+    assert not with_defaults, f"{schema.__name__} has defaults for {with_defaults}"
 
 
 @pytest.mark.parametrize("algo", ALGOS)
-@pytest.mark.parametrize("env", ENVS)
-def test_every_config_composes(algo, env):
-    config = to_object(compose_config(f"algo={algo}", f"env={env}"))
-    assert isinstance(config, Config)
-    assert config.env.id == env
+def test_each_algorithm_yaml_sets_exactly_its_schemas_keys(algo):
+    """Composing configs/algo/<algo>.yaml leaves no value missing, and sets no key its schema lacks."""
+    composed = compose_config(f"algo={algo}").algo
+    schema = ALGORITHMS[algo].config_class
+    assert OmegaConf.get_type(composed) is schema
+    assert set(composed) == {f.name for f in fields(schema)}
+    assert not [key for key in composed if OmegaConf.is_missing(composed, key)]
+    own = OmegaConf.load(CONFIGS / "algo" / f"{algo}.yaml")  # the yaml itself, not a preset
+    assert set(own) - {"defaults"} == {f.name for f in fields(schema)}
+
+
+def test_the_generic_env_needs_an_id():
+    with pytest.raises(RLRunError, match="no value for env.id"):
+        to_object(compose_config("env=generic"))
 
 
 def test_overrides_reach_the_objects():
@@ -31,6 +56,7 @@ def test_overrides_reach_the_objects():
     [
         ("algo.lr=0", "algo.lr must be > 0"),
         ("algo.gamma=0", "algo.gamma must be in (0, 1]"),
+        ("algo.gamma=1.5", "algo.gamma must be in (0, 1]"),
         ("algo.gae_lambda=1.1", "algo.gae_lambda must be in [0, 1]"),
         ("algo.clip_eps=-0.1", "algo.clip_eps must be > 0"),
         ("algo.epochs=0", "algo.epochs must be >= 1"),
@@ -39,6 +65,7 @@ def test_overrides_reach_the_objects():
         ("env.vectorization=threads", "env.vectorization must be one of"),
         ("policy.activation=gelu", "policy.activation must be tanh or relu"),
         ("total_timesteps=100", "less than one rollout"),
+        ("total_timesteps=-5", "total_timesteps must be >= 1"),
         ("algo.num_minibatches=5000", "exceeds the batch size"),
         ("eval_episodes=-1", "eval_episodes must be >= 0"),
     ],

@@ -9,10 +9,11 @@ import gymnasium as gym
 import pytest
 import torch
 
+from rlrun.algos import ALGORITHMS
 from rlrun.algos.base import score_function_variance
 from rlrun.algos.pg import PG, PGBaseline, policy_gradient_loss
-from rlrun.algos.ppo import PPOKL, PPOClip, adapt_kl_beta
-from conftest import algo_config, policy_config
+from rlrun.algos.ppo import PPOKL, adapt_kl_beta
+from helpers import algo_config, policy_config
 from rlrun.algos.pg import Baseline
 from rlrun.policies import ActorCritic
 from rlrun.rollout import Batch, Rollout
@@ -67,14 +68,20 @@ def _assert_unbiased(estimates, exact):
     assert ((estimates.mean(0) - exact).abs() <= 4 * standard_error + 1e-6).all(), (estimates.mean(0), exact)
 
 
-def test_vanilla_pg_estimator_is_unbiased():
+@pytest.fixture(scope="module")
+def vanilla():
+    """Eq. 12's estimates (deterministic: fixed seeds), computed once for the module's tests."""
     algo = PG(algo_config("pg"), _bandit_policy())
-    _assert_unbiased(_estimates(algo), _exact_gradient(algo.policy))
+    return _estimates(algo), _exact_gradient(algo.policy)
+
+
+def test_vanilla_pg_estimator_is_unbiased(vanilla):
+    _assert_unbiased(*vanilla)
 
 
 @pytest.mark.parametrize("baseline", [Baseline.mean, Baseline.value])
-def test_baselines_keep_the_estimator_unbiased_and_cut_its_variance(baseline):
-    vanilla = _estimates(PG(algo_config("pg"), _bandit_policy()))
+def test_baselines_keep_the_estimator_unbiased_and_cut_its_variance(vanilla, baseline):
+    vanilla, _ = vanilla
     policy = _bandit_policy()
     if baseline == Baseline.value:  # a fixed, imperfect V(s): any function of s is unbiased
         with torch.no_grad():
@@ -106,11 +113,15 @@ def _cartpole_batch(policy, size=64):
     return Batch(obs, actions, old_log_probs, dist_params, torch.zeros(size), dones, advantages, advantages)
 
 
-@pytest.mark.parametrize("algo_class", [PPOKL, PPOClip])
+# Every algorithm with an importance-weighted surrogate (PPO's `policy_loss`), from the registry.
+SURROGATES = [cls for _, cls in sorted(ALGORITHMS.items()) if hasattr(cls, "policy_loss")]
+
+
+@pytest.mark.parametrize("algo_class", SURROGATES, ids=lambda cls: cls.name)
 def test_importance_sampling_identity_at_theta_old(algo_class):
-    config = algo_config(algo_class.name)
     """At theta = theta_old the PPO objectives' gradient is eq. 13's estimate (eq. 16-17):
     grad r_t = grad log pi at r_t = 1, the clip is inactive and the KL is at its minimum."""
+    config = algo_config(algo_class.name)
     torch.manual_seed(0)
     policy = ActorCritic(gym.spaces.Box(-1, 1, (4,)), gym.spaces.Discrete(2), policy_config())
     algo = algo_class(config, policy)

@@ -1,9 +1,15 @@
-"""Whatever a user types after `rlrun train`, the answer is a run or a clean refusal."""
+"""Whatever a user types after `rlrun train`, the answer is a run or a clean refusal.
+
+Each example is a real `rlrun` subprocess (about 2 s): the default suite tries a few, the
+slow suite the full corpus."""
+
+import itertools
 
 import hypothesis.strategies as st
+import pytest
 from hypothesis import HealthCheck, given, settings
 
-from conftest import TINY, run_rlrun
+from helpers import TINY, run_rlrun
 
 KEYS = [
     "algo", "env", "seed", "total_timesteps", "eval_episodes", "algo.lr", "algo.gamma",
@@ -17,12 +23,16 @@ VALUES = st.one_of(
     st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=8),
 )
 OVERRIDES = st.lists(st.builds(lambda key, value: f"{key}={value}", st.sampled_from(KEYS), VALUES), min_size=1, max_size=3)
+_example = itertools.count()
+SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(overrides=OVERRIDES)
-def test_random_overrides_run_or_are_refused_cleanly(tmp_path, overrides):
-    result = run_rlrun("train", *TINY, *overrides, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+def _run_or_refuse_cleanly(tmp_path, overrides):
+    # A directory of its own per example: with one shared run directory every example after
+    # the first completed run would only be refused for writing over it.
+    workdir = tmp_path / f"example{next(_example)}"
+    workdir.mkdir()
+    result = run_rlrun("train", *TINY, *overrides, f"hydra.run.dir={workdir / 'run'}", cwd=workdir)
     output = result.stdout + result.stderr
     assert "Traceback" not in output, output
     if result.returncode == 1:  # a run that started and diverged (e.g. algo.lr=inf)
@@ -30,3 +40,17 @@ def test_random_overrides_run_or_are_refused_cleanly(tmp_path, overrides):
     else:
         assert result.returncode in (0, 2), output
         assert result.returncode == 0 or output.strip(), "a refusal must say why"
+        assert "already holds a run" not in output, output
+
+
+@settings(max_examples=5, **SETTINGS)
+@given(overrides=OVERRIDES)
+def test_random_overrides_run_or_are_refused_cleanly(tmp_path, overrides):
+    _run_or_refuse_cleanly(tmp_path, overrides)
+
+
+@pytest.mark.slow(reason="25 subprocesses of about 2 s each")
+@settings(max_examples=25, **SETTINGS)
+@given(overrides=OVERRIDES)
+def test_random_overrides_run_or_are_refused_cleanly_full_corpus(tmp_path, overrides):
+    _run_or_refuse_cleanly(tmp_path, overrides)

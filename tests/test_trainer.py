@@ -1,8 +1,10 @@
 """The generic loop's collection on a real vector env (CartPole, NEXT_STEP autoreset)."""
 
+import pytest
 import torch
 
-from conftest import compose_config
+from helpers import ALGOS, compose_config
+from rlrun.algos import ALGORITHMS
 from rlrun.algos.pg import PG, PGBaseline
 from rlrun.config import to_object
 from rlrun.trainer import Trainer
@@ -13,8 +15,13 @@ def _trainer(tmp_path, *overrides):
     return Trainer(to_object(cfg), {}, tmp_path)
 
 
-def test_fixed_rollouts_mask_reset_steps(tmp_path):
-    trainer = _trainer(tmp_path, "algo=ppo_clip", "algo.rollout_steps=200", "env.num_envs=4")
+FIXED_ROLLOUTS = [name for name in ALGOS if not ALGORITHMS[name].whole_episodes]
+WHOLE_EPISODES = [name for name in ALGOS if ALGORITHMS[name].whole_episodes]
+
+
+@pytest.mark.parametrize("algo", FIXED_ROLLOUTS)
+def test_fixed_rollouts_mask_reset_steps(tmp_path, algo):
+    trainer = _trainer(tmp_path, f"algo={algo}", "algo.rollout_steps=200", "env.num_envs=4")
     episodes = trainer.collector.collect(trainer.policy, trainer.rollout)
     rollout = trainer.rollout
     ends = rollout.dones[:-1].nonzero()
@@ -25,8 +32,9 @@ def test_fixed_rollouts_mask_reset_steps(tmp_path):
     assert rollout.valid[0].all()
 
 
-def test_whole_episode_rollouts_hold_one_complete_episode_per_env(tmp_path):
-    trainer = _trainer(tmp_path, "algo=pg", "env.num_envs=4")
+@pytest.mark.parametrize("algo", WHOLE_EPISODES)
+def test_whole_episode_rollouts_hold_one_complete_episode_per_env(tmp_path, algo):
+    trainer = _trainer(tmp_path, f"algo={algo}", "env.num_envs=4")
     for _ in range(2):  # the second collection starts fresh episodes
         trainer.collector.collect(trainer.policy, trainer.rollout)
         rollout = trainer.rollout
