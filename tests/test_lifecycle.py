@@ -148,7 +148,7 @@ def test_eval_reproduces_the_runs_own_evaluation(cli_run):
     assert f"return {read_summary(run_dir)['eval_return_mean']:.2f}" in result.stdout
 
 
-def test_eval_records_playable_mp4(tmp_path, monkeypatch):
+def test_eval_records_playable_mp4(tmp_path, monkeypatch, capfd):
     pytest.importorskip("moviepy", reason="the video extra (pip install 'rlrun[video]') is not installed")
     import imageio.v3 as iio
 
@@ -156,9 +156,12 @@ def test_eval_records_playable_mp4(tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     train(compose_config(*TINY), run_dir)
-    monkeypatch.setenv("SDL_VIDEODRIVER", "dummy")
+    # No display and no XDG_RUNTIME_DIR, as on a server: SDL must not print its own "error".
+    monkeypatch.delenv("SDL_VIDEODRIVER", raising=False)
+    monkeypatch.delenv("XDG_RUNTIME_DIR", raising=False)
     result = CliRunner().invoke(cli.app, ["eval", str(run_dir), "--episodes", "2", "--video", str(tmp_path / "videos")])
     assert result.exit_code == 0, result.output
+    assert "XDG_RUNTIME_DIR" not in capfd.readouterr().err
     videos = sorted((tmp_path / "videos").glob("*.mp4"))
     assert len(videos) == 2 and all(str(video) in result.stdout for video in videos)
     frames = iio.imread(videos[0])
