@@ -81,7 +81,11 @@ def test_slurm_sample_config_composes_into_submitit():
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None, reason="needs pip install 'rlrun[ray]'")
 def test_ray_launcher_on_a_local_ray_instance(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    result = run_rlrun("train", "-m", "hydra/launcher=ray", "seed=1,2", *TINY, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, timeout=600)
+    # Ray's local instance otherwise listens on every interface, not only loopback.
+    result = run_rlrun(
+        "train", "-m", "hydra/launcher=ray", "seed=1,2", *TINY, f"hydra.sweep.dir={sweep_dir}", cwd=tmp_path, timeout=600,
+        env={"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"},
+    )
     assert result.returncode == 0, result.stderr
     _assert_complete_runs(sweep_dir, 2)
 
