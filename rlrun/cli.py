@@ -315,16 +315,22 @@ def _with_ci(value: Optional[float], ci: Optional[list], spec: str) -> str:
     return format(value, spec) + ("" if ci is None else f"\n[{ci[0]:{spec}}, {ci[1]:{spec}}]")
 
 
-def _stats_table(result: dict):
+def _numbers_table(caption: str, first: str, columns: tuple[str, ...]):
+    """A table of a name column that folds and number columns that never wrap."""
     from rich.table import Table
 
+    table = Table(caption=caption)
+    table.add_column(first, overflow="fold")
+    for column in columns:
+        table.add_column(column, justify="right", no_wrap=True)
+    return table
+
+
+def _stats_table(result: dict):
     spec = _metric_format(result)
     caption = (f"runs: finished/all; [95% CI]: stratified bootstrap over runs (rliable, {result['resamples']:,} resamples); "
                "IQM: interquartile mean; cpu s: median CPU-seconds of a run")
-    table = Table(caption=caption)
-    table.add_column("group", overflow="fold")
-    for column in ("runs", "mean", "median", "IQM", "cpu s"):
-        table.add_column(column, justify="right", no_wrap=True)
+    table = _numbers_table(caption, "group", ("runs", "mean", "median", "IQM", "cpu s"))
     for row in result["groups"]:
         table.add_row(
             escape(row["group"]), f"{row['n']}/{row['runs']}", *(_with_ci(row[name], row[f"{name}_ci"], spec) for name in ("mean", "median", "iqm")),
@@ -334,16 +340,11 @@ def _stats_table(result: dict):
 
 
 def _pairs_table(result: dict):
-    from rich.table import Table
-
     pairs = len(result["pairs"])
     caption = (f"P(A>B): chance that a run of A beats a run of B{' (fewer ' + result['metric'] + ')' if not result['higher_is_better'] else ''}, "
                f"ties half, [95% CI]; p: two-sided, Holm-adjusted over {pairs} pair{'s' * (pairs > 1)}; d: Cohen's d; "
                f"seeds: per group for {result['power']:.0%} power at this d")
-    table = Table(caption=caption)
-    table.add_column("A vs B", overflow="fold")
-    for column in ("P(A>B)", "Welch p", "MWU p", "d", "seeds"):
-        table.add_column(column, justify="right", no_wrap=True)
+    table = _numbers_table(caption, "A vs B", ("P(A>B)", "Welch p", "MWU p", "d", "seeds"))
     for pair in result["pairs"]:
         table.add_row(
             escape(f"{pair['a']} vs {pair['b']}"), _with_ci(pair["probability_of_improvement"], pair["probability_of_improvement_ci"], ".2f"),
