@@ -75,6 +75,11 @@ def save_checkpoint(run_dir: Path, state: dict[str, Any], env_snapshot: bytes | 
     atomic_write(path, write)
 
 
+def has_checkpoint(run_dir: Path) -> bool:
+    """Whether `run_dir` holds a checkpoint file (readable or not) to continue from."""
+    return any((run_dir / name).exists() for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE))
+
+
 def load_checkpoint(run_dir: Path) -> dict[str, Any]:
     """The newest readable checkpoint of `run_dir`; a clear error if there is none, or if a
     file is not a data-only rlrun checkpoint."""

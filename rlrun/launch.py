@@ -116,9 +116,9 @@ def _saved_overrides(run_dir: Path) -> list[str]:
 
 def _saved_total(run_dir: Path) -> list[str]:
     """total_timesteps as the newest checkpoint has it (an earlier resume may have extended it)."""
-    from rlrun.checkpoint import load_checkpoint
+    from rlrun.checkpoint import has_checkpoint, load_checkpoint
 
-    if not any((run_dir / name).exists() for name in ("checkpoint.pt", "checkpoint.prev.pt")):
+    if not has_checkpoint(run_dir):
         return []
     return [f"total_timesteps={int(load_checkpoint(run_dir)['config']['total_timesteps'])}"]
 

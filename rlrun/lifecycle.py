@@ -61,9 +61,9 @@ def disk_full(error: BaseException) -> bool:
 
 
 def _checkpoint_steps(run_dir: Path) -> list[int]:
-    from rlrun.checkpoint import CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, load_checkpoint
+    from rlrun.checkpoint import has_checkpoint, load_checkpoint
 
-    if not any((run_dir / name).exists() for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE)):
+    if not has_checkpoint(run_dir):
         return []
     try:
         return [load_checkpoint(run_dir)["global_step"]]

@@ -24,11 +24,11 @@ from torch.distributions import Distribution, kl_divergence
 
 from rlrun.algos import algorithm_class
 from rlrun.checkpoint import (
-    CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE, check_resumable, load_checkpoint, load_env_snapshot, read_summary, record_failure, save_checkpoint, write_summary,
+    check_resumable, has_checkpoint, load_checkpoint, load_env_snapshot, read_summary, record_failure, save_checkpoint, write_summary,
 )
 from rlrun.collector import Collector
 from rlrun.config import Config, to_object
-from rlrun.envs import max_episode_steps, running_stats
+from rlrun.envs import max_episode_steps, normalizer_stats
 from rlrun.errors import RLRunError
 from rlrun.evaluation import EVAL_SEED_OFFSET, evaluate
 from rlrun.lifecycle import DiskFull, RunInterrupted, RunLock, StopSignals, TrainingDiverged, disk_full, non_finite
@@ -63,7 +63,7 @@ def train(
     resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     with RunLock(run_dir), (nullcontext(signals) if signals else StopSignals()) as signals:
         # Outside the try: a refused resume leaves the run it names exactly as it was.
-        resume_dir = Path(config.resume) if config.resume else run_dir if continue_run and _has_checkpoint(run_dir) else None
+        resume_dir = Path(config.resume) if config.resume else run_dir if continue_run and has_checkpoint(run_dir) else None
         checkpoint = _checkpoint_to_resume(resume_dir, resolved) if resume_dir else None
         try:
             if checkpoint is None:
@@ -80,14 +80,10 @@ def train(
             raise
 
 
-def _has_checkpoint(run_dir: Path) -> bool:
-    return any((run_dir / name).exists() for name in (CHECKPOINT_FILE, PREVIOUS_CHECKPOINT_FILE))
-
-
 def _checkpoint_to_resume(run_dir: Path, resolved: dict[str, Any]) -> dict[str, Any] | None:
     """The checkpoint to continue from, checked against the configuration; None (start afresh
     with the same configuration) for a run that was stopped before its first checkpoint."""
-    if not _has_checkpoint(run_dir):
+    if not has_checkpoint(run_dir):
         Console(stderr=True).print(f"{run_dir} has no checkpoint yet: training it from the start with its configuration", highlight=False)
         return None
     checkpoint = load_checkpoint(run_dir)
@@ -251,10 +247,9 @@ class Trainer:
     def evaluate_and_log(self, tracker: RunTracker) -> np.ndarray:
         if self.config.eval_episodes == 0:
             return np.array([])
-        obs_stats = self.collector.state_dict()["normalizers"].get("obs")
         returns = evaluate(
             self.policy, self.config.env, self.config.eval_episodes, self.config.seed + EVAL_SEED_OFFSET,
-            obs_stats=running_stats(obs_stats) if obs_stats else None,
+            obs_stats=normalizer_stats(self.collector.envs).get("obs"),
         )
         tracker.scalars({"eval/episodic_return": float(returns.mean())}, self.global_step)
         log.info("step %d: eval return %.1f +- %.1f", self.global_step, returns.mean(), returns.std())
