@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 from contextlib import nullcontext
+from dataclasses import dataclass
 import os
 import socket
 import time
@@ -39,6 +40,31 @@ from rlrun.tracking import TENSORBOARD_SUBDIR, RunTracker
 log = logging.getLogger(__name__)
 
 RECENT_EPISODES = 20  # rollout/recent_return averages the last this many training episodes
+
+
+@dataclass
+class Job:
+    """One run of a group: its composed config (Hydra's, `hydra` node included or not), its run
+    directory, the config files chosen (algo, env, preset) and whether a checkpoint already in
+    `run_dir` is its own to continue (see `train`)."""
+
+    cfg: DictConfig
+    run_dir: Path
+    choices: dict[str, str] | None = None
+    continue_run: bool = False
+
+
+def train_group(jobs: list[Job], signals: StopSignals | None = None) -> list[float | Exception]:
+    """Train `jobs` together in this process; per job, its final evaluation return or the
+    error (an `RLRunError`) that ended it. A stop signal checkpoints every run and raises
+    `RunInterrupted`."""
+    results: list[float | Exception] = []
+    for job in jobs:  # TEMPORARY: one after another until the batched engine lands
+        try:
+            results.append(train(job.cfg, job.run_dir, signals, job.choices, job.continue_run))
+        except RLRunError as err:
+            results.append(err)
+    return results
 
 
 def train(
