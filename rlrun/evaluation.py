@@ -25,7 +25,8 @@ def evaluate(
     policy: ActorCritic, env_config: EnvConfig, episodes: int, seed: int,
     video_dir: Path | None = None, obs_stats: RunningMeanStd | None = None,
 ) -> np.ndarray:
-    """Returns of `episodes` complete episodes played with the mode of pi(.|s).
+    """Returns of `episodes` complete episodes played with the mode of pi(.|s) (`policy`: a
+    group of one run).
 
     Runs them in parallel, one per env; with `video_dir`, one after another in a single
     recorded env (Gymnasium's RecordVideo, one MP4 per episode). `obs_stats`: the training
@@ -45,9 +46,9 @@ def evaluate(
             if (finished == quota).all():
                 break
             with torch.inference_mode():
-                dist_params = policy.actor(torch.as_tensor(obs, dtype=torch.float32))
+                dist_params = policy.actor(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))
                 actions = policy.distribution(dist_params).mode
-            obs, rewards, terminated, truncated, _ = envs.step(policy.head.to_env(actions))
+            obs, rewards, terminated, truncated, _ = envs.step(policy.head.to_env(actions)[0])
             counting = (finished < quota) & ~prev_dones  # skip NEXT_STEP reset steps
             running += np.where(counting, rewards, 0.0)
             prev_dones = terminated | truncated
@@ -85,11 +86,11 @@ def evaluate_run(run_dir: Path, episodes: int, seed: int | None = None, video_di
     envs = make_vector_env(env_config, num_envs=1)
     try:
         with_critic = any(key.startswith("critic.") for key in state["policy"])
-        policy = ActorCritic(envs.single_observation_space, envs.single_action_space, policy_config, with_critic)
+        policy = ActorCritic(envs.single_observation_space, envs.single_action_space, policy_config, with_critic, [torch.Generator()])
     finally:
         envs.close()
     try:
-        policy.load_state_dict(state["policy"])
+        policy.load_run_state_dict(0, state["policy"])
     except RuntimeError as err:
         raise RLRunError(f"The checkpoint of {run_dir} does not fit its own configuration: {err}") from None
     seed = saved["seed"] + EVAL_SEED_OFFSET if seed is None else seed

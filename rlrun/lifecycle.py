@@ -109,17 +109,16 @@ class StopSignals:
             previous(self.received, None)
 
 
-def non_finite(policy: torch.nn.Module, stats: dict[str, float]) -> list[str]:
-    """The losses and parameters that are NaN or infinite."""
+def non_finite(params: dict[str, torch.Tensor], stats: dict[str, float]) -> list[str]:
+    """The losses and parameters (`params`: name -> tensor) that are NaN or infinite."""
     import torch  # here: the CLI imports this module for its signal handling before torch loads
     bad = [name for name, value in stats.items() if name.endswith("loss") and not math.isfinite(value)]
     # One check of every weight at once (copying them into one vector costs less than a
     # reduction per parameter); the names are looked up only when something is wrong.
     with torch.no_grad():
-        params = [param.reshape(-1) for param in policy.parameters()]
-        if not params or torch.cat(params).isfinite().all():
+        if not params or torch.cat([param.reshape(-1) for param in params.values()]).isfinite().all():
             return bad
-        return bad + [name for name, param in policy.named_parameters() if not param.isfinite().all()]
+        return bad + [name for name, param in params.items() if not param.isfinite().all()]
 
 
 class RunLock:

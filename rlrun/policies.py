@@ -1,4 +1,12 @@
-"""Actor-critic MLPs; the action distribution is chosen from the action space in one place."""
+"""Actor-critic MLPs for a group of R runs; the action distribution is chosen from the action
+space in one place.
+
+Every parameter carries a leading run dimension: run r's networks are slice r of each tensor,
+and one batched matmul computes all R runs' layers at once. Inputs are (R, batch, features).
+A single run is a group of one (R = 1). Each run's slice, with the run dimension removed, has
+the shapes and names of an ordinary `nn.Linear` network: that is what a checkpoint holds
+(`run_state_dict`).
+"""
 
 from __future__ import annotations
 
@@ -16,20 +24,31 @@ from rlrun.errors import RLRunError
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 
 
-def mlp(in_dim: int, hidden_sizes: list[int], out_dim: int, activation: str, out_gain: float) -> nn.Sequential:
+class StackedLinear(nn.Module):
+    """R independent linear layers: y[r] = x[r] W[r]^T + b[r], for x of shape (R, B, fan_in).
+
+    Orthogonal weights (with `gain`) drawn from each run's own generator, zero biases."""
+
+    def __init__(self, fan_in: int, fan_out: int, gain: float, generators: list[torch.Generator]):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(len(generators), fan_out, fan_in))
+        self.bias = nn.Parameter(torch.zeros(len(generators), fan_out))
+        with torch.no_grad():
+            for weight, generator in zip(self.weight, generators):
+                nn.init.orthogonal_(weight, gain, generator=generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight.transpose(1, 2))
+
+
+def mlp(in_dim: int, hidden_sizes: list[int], out_dim: int, activation: str, out_gain: float, generators: list[torch.Generator]) -> nn.Sequential:
     """Orthogonal init with a small output gain, so the initial policy is near uniform."""
     sizes = [in_dim, *hidden_sizes]
     layers: list[nn.Module] = []
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-        layers += [_orthogonal(nn.Linear(fan_in, fan_out), math.sqrt(2)), _ACTIVATIONS[activation]()]
-    layers.append(_orthogonal(nn.Linear(sizes[-1], out_dim), out_gain))
+        layers += [StackedLinear(fan_in, fan_out, math.sqrt(2), generators), _ACTIVATIONS[activation]()]
+    layers.append(StackedLinear(sizes[-1], out_dim, out_gain, generators))
     return nn.Sequential(*layers)
-
-
-def _orthogonal(layer: nn.Linear, gain: float) -> nn.Linear:
-    nn.init.orthogonal_(layer.weight, gain)
-    nn.init.zeros_(layer.bias)
-    return layer
 
 
 class CategoricalHead(nn.Module):
@@ -48,14 +67,16 @@ class CategoricalHead(nn.Module):
     def distribution(self, params: torch.Tensor) -> Distribution:
         return Categorical(logits=params)
 
-    def sample(self, params: torch.Tensor) -> torch.Tensor:
+    def sample(self, params: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
         """The Gumbel-max trick: argmax(logits + G), G = -log E with E ~ Exp(1) per logit, is
         distributed as Categorical(logits) (jax.random.categorical samples so), in a few
         tensor ops instead of building a distribution object every step. Torch's one-sample
         multinomial takes argmax(p / E) of the same Exp(1) draws, so for one generator state
-        the actions are the ones it would pick."""
-        gumbel = torch.empty_like(params).exponential_().log_().neg_()
-        return (params + gumbel).argmax(-1)
+        the actions are the ones it would pick. Run r draws from `generators[r]`."""
+        draws = torch.empty_like(params)
+        for run_draws, generator in zip(draws, generators):
+            run_draws.exponential_(generator=generator)
+        return (params - draws.log_()).argmax(-1)
 
     def to_env(self, actions: torch.Tensor) -> np.ndarray:
         return actions.numpy()
@@ -72,58 +93,67 @@ class GaussianHead(nn.Module):
 
     action_dtype = torch.float32
 
-    def __init__(self, space: gym.spaces.Box, log_std_init: float):
+    def __init__(self, space: gym.spaces.Box, log_std_init: float, num_runs: int):
         super().__init__()
         (size,) = space.shape
         self.num_outputs, self.num_params = size, 2 * size
         self.action_shape = (size,)
-        self.log_std = nn.Parameter(torch.full((size,), log_std_init))
+        self.log_std = nn.Parameter(torch.full((num_runs, size), log_std_init))
         self.register_buffer("low", torch.as_tensor(space.low, dtype=torch.float32).flatten())
         self.register_buffer("high", torch.as_tensor(space.high, dtype=torch.float32).flatten())
 
     def forward(self, mean: torch.Tensor) -> torch.Tensor:
         """(mean, log_std) side by side: pi_old can be rebuilt exactly from stored params."""
-        return torch.cat([mean, self.log_std.expand_as(mean)], dim=-1)
+        return torch.cat([mean, self.log_std.unsqueeze(1).expand_as(mean)], dim=-1)
 
     def distribution(self, params: torch.Tensor) -> Distribution:
         mean, log_std = params.chunk(2, dim=-1)
         return Independent(Normal(mean, log_std.exp()), 1)
 
-    def sample(self, params: torch.Tensor) -> torch.Tensor:
-        return self.distribution(params).sample()
+    def sample(self, params: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+        """mean + sigma * N(0, 1) draws, run r's from `generators[r]`."""
+        mean, log_std = params.chunk(2, dim=-1)
+        noise = torch.empty_like(mean)
+        for run_noise, generator in zip(noise, generators):
+            run_noise.normal_(generator=generator)
+        return mean + log_std.exp() * noise
 
     def to_env(self, actions: torch.Tensor) -> np.ndarray:
         return actions.clamp(self.low, self.high).numpy()
 
 
-def make_head(space: gym.Space, config: PolicyConfig) -> CategoricalHead | GaussianHead:
+def make_head(space: gym.Space, config: PolicyConfig, num_runs: int) -> CategoricalHead | GaussianHead:
     if isinstance(space, gym.spaces.Discrete):
         return CategoricalHead(space)
     if isinstance(space, gym.spaces.Box) and len(space.shape) == 1 and np.isfinite(space.low).all() and np.isfinite(space.high).all():
-        return GaussianHead(space, config.log_std_init)
+        return GaussianHead(space, config.log_std_init, num_runs)
     raise RLRunError(f"Action space {space} is not supported: rlrun handles Discrete and bounded, flat Box actions.")
 
 
 class Actor(nn.Module):
     """obs -> the parameters of pi(.|s) (`dist_params`)."""
 
-    def __init__(self, obs_dim: int, action_space: gym.Space, config: PolicyConfig):
+    def __init__(self, obs_dim: int, action_space: gym.Space, config: PolicyConfig, generators: list[torch.Generator]):
         super().__init__()
-        self.head = make_head(action_space, config)
-        self.body = mlp(obs_dim, config.hidden_sizes, self.head.num_outputs, config.activation, out_gain=0.01)
+        self.head = make_head(action_space, config, len(generators))
+        self.body = mlp(obs_dim, config.hidden_sizes, self.head.num_outputs, config.activation, 0.01, generators)
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(obs))
 
 
 class ActorCritic(nn.Module):
-    """pi(a|s) and, when `with_critic`, a state-value baseline V(s) as separate MLPs.
+    """pi(a|s) and, when `with_critic`, a state-value baseline V(s) as separate MLPs, for as
+    many runs as `generators` (each run's initial weights come from its own generator).
 
     The actor outputs the action distribution's parameters (`dist_params`), so rollouts can
     store them and algorithms can rebuild pi_old exactly, e.g. for KL(pi_old || pi_theta).
     """
 
-    def __init__(self, observation_space: gym.Space, action_space: gym.Space, config: PolicyConfig, with_critic: bool = True):
+    def __init__(
+        self, observation_space: gym.Space, action_space: gym.Space, config: PolicyConfig, with_critic: bool,
+        generators: list[torch.Generator],
+    ):
         super().__init__()
         if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
             raise RLRunError(
@@ -131,21 +161,38 @@ class ActorCritic(nn.Module):
                 "need flat Box observations."
             )
         obs_dim = observation_space.shape[0]
-        self.actor = Actor(obs_dim, action_space, config)
-        self.critic = mlp(obs_dim, config.hidden_sizes, 1, config.activation, out_gain=1.0) if with_critic else None
+        self.num_runs = len(generators)
+        self.actor = Actor(obs_dim, action_space, config, generators)
+        self.critic = mlp(obs_dim, config.hidden_sizes, 1, config.activation, 1.0, generators) if with_critic else None
 
     @property
     def head(self) -> CategoricalHead | GaussianHead:
         return self.actor.head
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(dist_params, values) for a batch of observations; values are 0 without a critic."""
+        """(dist_params, values) for (R, B, obs_dim) observations; values are 0 without a critic."""
         return self.actor(obs), self.value(obs)
 
     def value(self, obs: torch.Tensor) -> torch.Tensor:
         if self.critic is None:
-            return obs.new_zeros(obs.shape[0])
+            return obs.new_zeros(obs.shape[:-1])
         return self.critic(obs).squeeze(-1)
 
     def distribution(self, dist_params: torch.Tensor) -> Distribution:
         return self.head.distribution(dist_params)
+
+    def run_state_dict(self, run: int) -> dict[str, torch.Tensor]:
+        """Run `run`'s parameters without the run dimension (an ordinary network's shapes),
+        and the buffers, which all runs share."""
+        parameters = dict(self.named_parameters())
+        return {name: (value[run] if name in parameters else value).clone() for name, value in self.state_dict().items()}
+
+    def load_run_state_dict(self, run: int, state: dict[str, torch.Tensor]) -> None:
+        """Put a `run_state_dict` into slot `run` (in place: the optimizer's views stay valid)."""
+        own = self.state_dict()
+        parameters = dict(self.named_parameters())
+        if set(state) != set(own):
+            raise RuntimeError(f"keys differ: missing {sorted(set(own) - set(state))}, unexpected {sorted(set(state) - set(own))}")
+        with torch.no_grad():
+            for name, value in state.items():
+                (own[name][run] if name in parameters else own[name]).copy_(value)

@@ -1,4 +1,5 @@
-"""Rollout storage: preallocated (T, N) tensors, flattened into a `Batch` for the update."""
+"""Rollout storage: preallocated (R, T, N) tensors for R runs, T steps, N envs, turned into a
+`Batch` of (R, B) transitions for the update."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import torch
 
 @dataclass
 class Batch:
-    """Flat, valid transitions of one rollout (reset steps removed), shape (B, ...)."""
+    """The transitions of one rollout per run, shape (R, B, ...). `mask` (R, B) is 1 for a real
+    transition and 0 for a slot that carries none (a reset step, or padding where runs have
+    different numbers of transitions): every loss and statistic is a mean over `mask`."""
 
     obs: torch.Tensor
     actions: torch.Tensor
@@ -20,34 +23,49 @@ class Batch:
     dones: torch.Tensor  # the episode ended at this step
     advantages: torch.Tensor
     returns: torch.Tensor  # regression targets for V(s)
+    mask: torch.Tensor
 
-    def __len__(self) -> int:
-        return self.obs.shape[0]
+    def mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Each run's mean of (R, B) `values` over its transitions, (R,)."""
+        return (values * self.mask).sum(1) / self.mask.sum(1).clamp(min=1)
 
-    def __getitem__(self, index: torch.Tensor) -> Batch:
-        return Batch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
-
-    def minibatches(self, num_minibatches: int) -> Iterator[Batch]:
-        """A random partition into `num_minibatches` near-equal parts (torch's global RNG);
-        fewer when the batch has fewer samples than that."""
-        # One gather per field, then views: half the indexing ops of gathering every part.
-        shuffled = self[torch.randperm(len(self))]
-        parts = [getattr(shuffled, f.name).tensor_split(num_minibatches) for f in fields(self)]
-        for tensors in zip(*parts):
-            if len(tensors[0]):
-                yield Batch(*tensors)
+    def minibatches(self, num_minibatches: int, generators: list[torch.Generator]) -> Iterator[Batch]:
+        """Each run's transitions in a random order (from its own generator), cut into
+        `num_minibatches` near-equal parts; minibatch k holds part k of every run, padded with
+        masked slots to the largest. Fewer parts when no run has that many transitions."""
+        parts = []
+        for run_mask, generator in zip(self.mask, generators):
+            real = run_mask.nonzero().squeeze(1)
+            parts.append(real[torch.randperm(len(real), generator=generator)].tensor_split(num_minibatches))
+        rows = torch.arange(len(parts)).unsqueeze(1)
+        for k in range(num_minibatches):
+            size = max(len(run_parts[k]) for run_parts in parts)
+            if size == 0:
+                return
+            index = torch.zeros(len(parts), size, dtype=torch.long)
+            mask = torch.zeros(len(parts), size)
+            for run, run_parts in enumerate(parts):
+                index[run, :len(run_parts[k])] = run_parts[k]
+                mask[run, :len(run_parts[k])] = 1
+            picked = {f.name: getattr(self, f.name)[rows, index] for f in fields(self) if f.name != "mask"}
+            yield Batch(**picked, mask=mask)
 
 
 class Rollout:
-    """T steps of N environments.
+    """T steps of N environments for each of R runs.
 
-    `valid[t, n]` is False where env n was resetting at step t (Gymnasium's NEXT_STEP
-    autoreset: the step after a done ignores the action and returns the first observation
-    of the next episode). Those steps carry no real transition and never reach a loss.
+    `valid[r, t, n]` is False where env n of run r was resetting at step t (Gymnasium's
+    NEXT_STEP autoreset: the step after a done ignores the action and returns the first
+    observation of the next episode), and where run r did not act (it has finished, or its
+    whole-episode collection ended earlier than another run's). Those steps carry no real
+    transition and never reach a loss.
     """
 
-    def __init__(self, steps: int, num_envs: int, obs_shape: tuple[int, ...], action_shape: tuple[int, ...], action_dtype: torch.dtype, num_dist_params: int):
-        shape = (steps, num_envs)
+    def __init__(
+        self, num_runs: int, steps: int, num_envs: int, obs_shape: tuple[int, ...], action_shape: tuple[int, ...],
+        action_dtype: torch.dtype, num_dist_params: int,
+    ):
+        shape = (num_runs, steps, num_envs)
         self.steps = steps
         self.obs = torch.zeros(shape + obs_shape)
         self.actions = torch.zeros(shape + action_shape, dtype=action_dtype)
@@ -58,17 +76,22 @@ class Rollout:
         self.terminated = torch.zeros(shape, dtype=torch.bool)
         self.dones = torch.zeros(shape, dtype=torch.bool)
         self.valid = torch.ones(shape, dtype=torch.bool)
-        self.next_value = torch.zeros(num_envs)  # V(obs after the last step), for bootstrapping
+        self.next_value = torch.zeros(num_runs, num_envs)  # V(obs after the last step), for bootstrapping
 
     def batch(self, advantages: torch.Tensor, returns: torch.Tensor) -> Batch:
-        valid = self.valid
+        """Every step of the rollout, (R, T * N, ...), with the invalid ones masked."""
+
+        def flat(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.flatten(1, 2)
+
         return Batch(
-            obs=self.obs[valid],
-            actions=self.actions[valid],
-            old_log_probs=self.log_probs[valid],
-            old_dist_params=self.dist_params[valid],
-            old_values=self.values[valid],
-            dones=self.dones[valid],
-            advantages=advantages[valid],
-            returns=returns[valid],
+            obs=flat(self.obs),
+            actions=flat(self.actions),
+            old_log_probs=flat(self.log_probs),
+            old_dist_params=flat(self.dist_params),
+            old_values=flat(self.values),
+            dones=flat(self.dones),
+            advantages=flat(advantages),
+            returns=flat(returns),
+            mask=flat(self.valid).float(),
         )

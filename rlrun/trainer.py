@@ -2,18 +2,22 @@
 
 Every algorithm runs through this one loop; `rlrun.algos` supply only their advantage
 estimator and update rule (the contract is in `rlrun/algos/base.py`), `Collector` the acting.
+The loop trains a group of runs side by side in one process (a batched sweep, see
+rlrun/grouping.py); a single run is a group of one. Each run keeps its own environments,
+random streams, bookkeeping, evaluation and run directory, and ends on its own: when it has
+its steps or its target, or when it fails.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from contextlib import nullcontext
-from dataclasses import dataclass
 import os
 import socket
 import time
 from collections import deque
+from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,7 @@ from rlrun.algos import algorithm_class
 from rlrun.checkpoint import (
     check_resumable, has_checkpoint, load_checkpoint, load_env_snapshot, read_summary, record_failure, save_checkpoint, write_summary,
 )
-from rlrun.collector import Collector
+from rlrun.collector import Collector, Episodes
 from rlrun.config import Config, to_object
 from rlrun.envs import max_episode_steps, normalizer_stats
 from rlrun.errors import RLRunError
@@ -54,19 +58,6 @@ class Job:
     continue_run: bool = False
 
 
-def train_group(jobs: list[Job], signals: StopSignals | None = None) -> list[float | Exception]:
-    """Train `jobs` together in this process; per job, its final evaluation return or the
-    error (an `RLRunError`) that ended it. A stop signal checkpoints every run and raises
-    `RunInterrupted`."""
-    results: list[float | Exception] = []
-    for job in jobs:  # TEMPORARY: one after another until the batched engine lands
-        try:
-            results.append(train(job.cfg, job.run_dir, signals, job.choices, job.continue_run))
-        except RLRunError as err:
-            results.append(err)
-    return results
-
-
 def train(
     cfg: DictConfig, run_dir: str | Path, signals: StopSignals | None = None, choices: dict[str, str] | None = None,
     continue_run: bool = False,
@@ -79,31 +70,67 @@ def train(
     `continue_run`: a checkpoint already in `run_dir` is this job's own (a sweep's job
     directory is new to each sweep, so only a requeued or re-run job finds one): continue it.
     """
-    run_dir = Path(run_dir)
+    [result] = train_group([Job(cfg, Path(run_dir), choices, continue_run)], signals)
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def train_group(jobs: list[Job], signals: StopSignals | None = None) -> list[float | Exception]:
+    """Train `jobs` together in this process; per job, its final evaluation return or the
+    error (an `RLRunError`) that ended it, recorded in its run directory too. A stop signal
+    checkpoints every run and raises `RunInterrupted`. The jobs' configs must differ only in
+    batchable keys (`rlrun.grouping`)."""
+    results: list[float | Exception | None] = [None] * len(jobs)
+    with ExitStack() as stack:
+        signals = signals or stack.enter_context(StopSignals())
+        runs = []
+        for index, job in enumerate(jobs):
+            try:
+                runs.append(_prepare(job, index, stack))
+            except RLRunError as err:
+                results[index] = err
+        if len(runs) > 1:
+            _check_one_group(runs)
+        if runs:
+            try:
+                trainer = Trainer(runs)
+            except RLRunError as err:
+                for run in runs:
+                    run.fail(err)
+            else:
+                trainer.run(signals)
+        for run in runs:
+            results[run.index] = run.result
+    return results
+
+
+def _prepare(job: Job, index: int, stack: ExitStack) -> Run:
+    """The job's validated configuration, its locked run directory and the checkpoint it
+    continues from, if any."""
     try:
-        config = to_object(cfg)
+        config = to_object(job.cfg)
     except RLRunError as err:
-        if not cfg.get("resume"):  # a refused resume leaves its run as it was
-            record_failure(run_dir, err)
+        if not job.cfg.get("resume"):  # a refused resume leaves its run as it was
+            record_failure(job.run_dir, err)
         raise
-    resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    with RunLock(run_dir), (nullcontext(signals) if signals else StopSignals()) as signals:
-        # Outside the try: a refused resume leaves the run it names exactly as it was.
-        resume_dir = Path(config.resume) if config.resume else run_dir if continue_run and has_checkpoint(run_dir) else None
-        checkpoint = _checkpoint_to_resume(resume_dir, resolved) if resume_dir else None
-        try:
-            if checkpoint is None:
-                (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
-            trainer = Trainer(config, resolved, run_dir, choices)
-            if checkpoint is not None:
-                trainer.load_state_dict(checkpoint, load_env_snapshot(run_dir, checkpoint["global_step"]))
-            return trainer.run(signals)
-        except (Exception, KeyboardInterrupt) as err:
-            if disk_full(err):
-                raise DiskFull(run_dir) from None
-            if not isinstance(err, KeyboardInterrupt):
-                record_failure(run_dir, err)
-            raise
+    resolved = OmegaConf.to_container(job.cfg, resolve=True, enum_to_str=True)
+    resolved.pop("hydra", None)
+    stack.enter_context(RunLock(job.run_dir))
+    # A refused resume leaves the run it names exactly as it was.
+    resume_dir = Path(config.resume) if config.resume else job.run_dir if job.continue_run and has_checkpoint(job.run_dir) else None
+    checkpoint = _checkpoint_to_resume(resume_dir, resolved) if resume_dir else None
+    if checkpoint is None:
+        (job.run_dir / "config.yaml").write_text(OmegaConf.to_yaml(resolved))
+    return Run(index, config, resolved, job.run_dir, job.choices or {}, checkpoint)
+
+
+def _check_one_group(runs: list[Run]) -> None:
+    from rlrun.grouping import group_key
+
+    keys = {group_key(run.resolved_config) for run in runs}
+    if len(keys) > 1:
+        raise ValueError("train_group got runs whose configs differ in keys that cannot be batched; group them with rlrun.grouping")
 
 
 def _checkpoint_to_resume(run_dir: Path, resolved: dict[str, Any]) -> dict[str, Any] | None:
@@ -117,228 +144,313 @@ def _checkpoint_to_resume(run_dir: Path, resolved: dict[str, Any]) -> dict[str, 
     return checkpoint
 
 
-class Trainer:
-    """One run: its collector, policy, algorithm and rollout storage, and the loop."""
+class Run:
+    """One run of a group: its configuration, run directory, random stream and bookkeeping."""
 
-    def __init__(self, config: Config, resolved_config: dict[str, Any], run_dir: Path, choices: dict[str, str] | None = None):
-        self.config = config
-        self.resolved_config = resolved_config
-        self.run_dir = run_dir
-        self.choices = choices or {}
-        self.console = Console()
-        torch.set_num_threads(config.torch_threads)
-        torch.manual_seed(config.seed)
-        Distribution.set_default_validate_args(False)  # argument checks cost more than the math
-
-        algo_class = algorithm_class(config.algo)
-        self.collector = Collector(config.env, algo_class.discount(config.algo), algo_class.whole_episodes, seed=config.seed)
-        envs = self.collector.envs
-        self.policy = ActorCritic(
-            envs.single_observation_space, envs.single_action_space,
-            config.policy, with_critic=algo_class.needs_critic(config.algo),
-        )
-        self.algo = algo_class(config.algo, self.policy)
-        head = self.policy.head
-        # Whole episodes need room for the longest one; fixed rollouts have a set length.
-        steps = algo_class.rollout_steps(config.algo) or max_episode_steps(config.env)
-        self.rollout = Rollout(
-            steps, config.env.num_envs, envs.single_observation_space.shape,
-            head.action_shape, head.action_dtype, head.num_params,
-        )
+    def __init__(self, index: int, config: Config, resolved_config: dict[str, Any], run_dir: Path, choices: dict[str, str], checkpoint: dict[str, Any] | None):
+        self.index = index  # in the group's jobs
+        self.config, self.resolved_config, self.run_dir, self.choices = config, resolved_config, run_dir, choices
+        self.checkpoint = checkpoint  # to continue from, loaded once the group is built
+        # Every random draw of the run (initial weights, actions, minibatches) comes from here.
+        self.generator = torch.Generator().manual_seed(config.seed)
         self.global_step = 0  # real transitions collected (reset steps do not count)
         self.updates = 0
         self.wall_seconds = 0.0  # of earlier processes, when resumed
         self.cpu_seconds = 0.0  # likewise: the compute a run cost, whatever the machine's load
-        self.session_start_cpu = time.process_time()
         self.next_eval_step = config.eval_interval
         self.recent_returns: deque[float] = deque(maxlen=RECENT_EPISODES)
         self.checkpoint_step: int | None = None  # env step of the newest checkpoint on disk
-
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue where the run is now, as tensors and plain data."""
-        return {
-            "config": self.resolved_config,
-            "global_step": self.global_step,
-            "updates": self.updates,
-            "wall_seconds": self.wall_seconds,
-            "cpu_seconds": self.cpu_seconds + self.session_cpu_seconds(),
-            "next_eval_step": self.next_eval_step,
-            "recent_returns": list(self.recent_returns),
-            "policy": self.policy.state_dict(),
-            "algo": self.algo.state_dict(),
-            "torch_rng": torch.get_rng_state(),
-            "collector": self.collector.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict[str, Any], env_snapshot: bytes | None = None) -> None:
-        try:
-            self.global_step, self.updates = state["global_step"], state["updates"]
-            self.wall_seconds, self.next_eval_step = state["wall_seconds"], state["next_eval_step"]
-            self.cpu_seconds = state["cpu_seconds"]
-            self.recent_returns.extend(state["recent_returns"])
-            self.policy.load_state_dict(state["policy"])
-            self.algo.load_state_dict(state["algo"])
-            torch.set_rng_state(state["torch_rng"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as err:
-            raise RLRunError(f"The checkpoint of {self.run_dir} does not fit this run ({type(err).__name__}: {err}).") from None
-        # Without the exact environments, fresh episodes seeded from the step count.
-        self.collector.load_state_dict(state["collector"], env_snapshot, seed=self.config.seed + self.global_step)
-        self.checkpoint_step = self.global_step
-        log.info("resumed from env step %d (update %d)%s", self.global_step, self.updates, "" if env_snapshot else " with fresh episodes")
-
-    def run(self, signals: StopSignals) -> float:
-        config = self.config
-        start_step, start_time = self.global_step, time.perf_counter()
-        status, eval_returns = "failed", np.array([])
-        self.write_running_summary()
-        self.announce()
-        log.info("training %s on %s to %d env steps", self.algo.name, config.env.id, config.total_timesteps)
-        with RunTracker(self.run_dir, config.total_timesteps, self.console, start_step) as tracker:
-            try:
-                while self.global_step < config.total_timesteps and signals.received is None and not self.target_reached():
-                    self.train_one_update(tracker, start_step, start_time)
-                if signals.received is None:
-                    eval_returns = self.evaluate_and_log(tracker)
-                status = "completed" if signals.received is None else "interrupted"
-                self.save(time.perf_counter() - start_time)
-            except KeyboardInterrupt:  # a second Ctrl-C: keep the last checkpoint as it is
-                status = "interrupted"
-                raise
-            finally:
-                summary = self.finish(status, eval_returns, time.perf_counter() - start_time)
-                if status == "completed":
-                    tracker.hparams(self.resolved_config, self.choices, {"eval/episodic_return": summary["eval_return_mean"]})
-        if signals.received is not None:
-            self.console.print(
-                f"[bold yellow]interrupted[/] at env step {self.global_step:,}: checkpoint and summary saved in "
-                f"{self.run_dir}; continue with: rlrun train resume={self.run_dir}", highlight=False, soft_wrap=True,
-            )
-            raise RunInterrupted(signals.received)
-        self.report(summary, start_step)
-        return summary["eval_return_mean"]
-
-    def announce(self) -> None:
-        config, done = self.config, self.global_step
-        if done >= config.total_timesteps:
-            what = f"nothing to train: {done:,} of {config.total_timesteps:,} env steps already done (give total_timesteps=N to train longer); evaluating"
-        else:
-            what = f"training {self.algo.name} on {config.env.id}" + (f" from env step {done:,}" if done else "") + f" to {config.total_timesteps:,} env steps"
-        preset = self.choices.get("preset")
-        if preset and preset != "none":
-            what += f" with the preset {preset}"
-        self.console.print(f"{what} | run dir {self.run_dir}", highlight=False, soft_wrap=True)
+        self.start_step = 0
+        self.tracker: RunTracker | None = None
+        self.result: float | Exception | None = None
+        self.active = True
 
     def target_reached(self) -> bool:
         target = self.config.target_return
         return target is not None and len(self.recent_returns) == RECENT_EPISODES and bool(np.mean(self.recent_returns) >= target)
 
-    def train_one_update(self, tracker: RunTracker, start_step: int, start_time: float) -> None:
-        config = self.config
-        lr = self.algo.learning_rate(self.global_step / config.total_timesteps)
-        self.algo.set_learning_rate(lr)
-        episodes = self.collector.collect(self.policy, self.rollout)
-        self.global_step += episodes.steps
-        self.recent_returns.extend(episodes.returns)
-        stats = self.update()
-        self.updates += 1
-        self.check_finite(stats)
-        stats["learning_rate"] = lr
-        sps = (self.global_step - start_step) / (time.perf_counter() - start_time)
-        scalars = {f"train/{key}": value for key, value in stats.items()}
-        scalars["perf/sps"] = sps
-        if episodes.returns:
-            scalars["rollout/episodic_return"] = float(np.mean(episodes.returns))
-            scalars["rollout/episodic_length"] = float(np.mean(episodes.lengths))
-        recent = float(np.mean(self.recent_returns)) if self.recent_returns else math.nan
-        if self.recent_returns:
-            scalars["rollout/recent_return"] = recent
-        tracker.scalars(scalars, self.global_step)
-        tracker.advance(self.global_step, sps, recent, stats["kl"])
-        if config.eval_interval and self.global_step >= self.next_eval_step:
-            self.evaluate_and_log(tracker)
-            self.next_eval_step = (self.global_step // config.eval_interval + 1) * config.eval_interval
-        if config.checkpoint_interval and self.updates % config.checkpoint_interval == 0:
-            self.save(time.perf_counter() - start_time)
+    def done(self) -> bool:
+        return self.global_step >= self.config.total_timesteps or self.target_reached()
 
-    def update(self) -> dict[str, float]:
+    def fail(self, error: Exception) -> None:
+        """End the run as failed, `error` recorded in its summary (everything else kept)."""
+        self.active = False
+        self.result = error
+        record_failure(self.run_dir, error)
+
+
+class Trainer:
+    """A group of runs: their collector, the policy and algorithm they share (each run its own
+    slice of every parameter), the rollout storage, and the loop."""
+
+    def __init__(self, runs: list[Run]):
+        self.runs = runs
+        first = runs[0].config
+        self.console = Console()
+        torch.set_num_threads(first.torch_threads)
+        Distribution.set_default_validate_args(False)  # argument checks cost more than the math
+        self.generators = [run.generator for run in runs]
+
+        algo_class = algorithm_class(first.algo)
+        self.collector = Collector(
+            [run.config.env for run in runs], [algo_class.discount(run.config.algo) for run in runs],
+            algo_class.whole_episodes, seeds=[run.config.seed for run in runs],
+        )
+        envs = self.collector.envs[0]
+        self.policy = ActorCritic(
+            envs.single_observation_space, envs.single_action_space, first.policy,
+            algo_class.needs_critic(first.algo), self.generators,
+        )
+        self.algo = algo_class([run.config.algo for run in runs], self.policy, self.generators)
+        head = self.policy.head
+        # Whole episodes need room for the longest one; fixed rollouts have a set length.
+        steps = algo_class.rollout_steps(first.algo) or max_episode_steps(first.env)
+        self.rollout = Rollout(
+            len(runs), steps, first.env.num_envs, envs.single_observation_space.shape,
+            head.action_shape, head.action_dtype, head.num_params,
+        )
+        for i, run in enumerate(runs):
+            if run.checkpoint is not None:
+                self.load_state_dict(i, run.checkpoint, load_env_snapshot(run.run_dir, run.checkpoint["global_step"]))
+        self.session_start_cpu = time.process_time()
+
+    def state_dict(self, i: int) -> dict[str, Any]:
+        """Everything run `i` needs to continue where it is now, as tensors and plain data."""
+        run = self.runs[i]
+        return {
+            "config": run.resolved_config,
+            "global_step": run.global_step,
+            "updates": run.updates,
+            "wall_seconds": run.wall_seconds,
+            "cpu_seconds": run.cpu_seconds + self.session_cpu_seconds(),
+            "next_eval_step": run.next_eval_step,
+            "recent_returns": list(run.recent_returns),
+            "policy": self.policy.run_state_dict(i),
+            "algo": self.algo.state_dict(i),
+            "torch_rng": run.generator.get_state(),
+            "collector": self.collector.state_dict(i),
+        }
+
+    def load_state_dict(self, i: int, state: dict[str, Any], env_snapshot: bytes | None = None) -> None:
+        run = self.runs[i]
+        try:
+            run.global_step, run.updates = state["global_step"], state["updates"]
+            run.wall_seconds, run.next_eval_step = state["wall_seconds"], state["next_eval_step"]
+            run.cpu_seconds = state["cpu_seconds"]
+            run.recent_returns.extend(state["recent_returns"])
+            self.policy.load_run_state_dict(i, state["policy"])
+            self.algo.load_state_dict(i, state["algo"])
+            run.generator.set_state(state["torch_rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise RLRunError(f"The checkpoint of {run.run_dir} does not fit this run ({type(err).__name__}: {err}).") from None
+        # Without the exact environments, fresh episodes seeded from the step count.
+        self.collector.load_state_dict(i, state["collector"], env_snapshot, seed=run.config.seed + run.global_step)
+        run.checkpoint_step = run.start_step = run.global_step
+        log.info("%s: resumed from env step %d (update %d)%s", run.run_dir, run.global_step, run.updates, "" if env_snapshot else " with fresh episodes")
+
+    def run(self, signals: StopSignals) -> None:
+        """Train until every run has ended; on a stop signal checkpoint the runs still going
+        and raise `RunInterrupted`."""
+        self.start_time = time.perf_counter()
+        with ExitStack() as trackers:
+            for i, run in enumerate(self.runs):
+                self.start(i, trackers)
+            try:
+                while signals.received is None and any(run.active for run in self.runs):
+                    self.train_one_update()
+                if signals.received is None:
+                    return
+                for i in self.active_indices():
+                    self.save(i)
+                    self.finish(i, "interrupted", np.array([]))
+            except KeyboardInterrupt:  # a second Ctrl-C: keep the last checkpoints as they are
+                for i in self.active_indices():
+                    self.finish(i, "interrupted", np.array([]))
+                raise
+            except Exception as err:
+                if disk_full(err):
+                    err = DiskFull(self.runs[0].run_dir)
+                for i in self.active_indices():
+                    self.finish(i, "failed", np.array([]))
+                    self.runs[i].fail(err)
+                if isinstance(err, RLRunError):
+                    return
+                raise
+        for run in self.runs:
+            if run.result is None:
+                self.console.print(
+                    f"[bold yellow]interrupted[/] at env step {run.global_step:,}: checkpoint and summary saved in "
+                    f"{run.run_dir}; continue with: rlrun train resume={run.run_dir}", highlight=False, soft_wrap=True,
+                )
+        raise RunInterrupted(signals.received)
+
+    def active_indices(self) -> list[int]:
+        return [i for i, run in enumerate(self.runs) if run.active]
+
+    def start(self, i: int, trackers: ExitStack) -> None:
+        """Say that this process trains run `i`, and open its TensorBoard writer; a run with
+        nothing left to train goes straight to its final evaluation."""
+        run = self.runs[i]
+        summary = {**read_summary(run.run_dir), "status": "running", "pid": os.getpid(), "host": socket.gethostname()}
+        summary.update(algo=self.algo.name, env=run.config.env.id, seed=run.config.seed, group_size=len(self.runs))
+        write_summary(run.run_dir, summary)
+        self.announce(run)
+        # One progress bar for the group: run 0's (all runs of a group step in lockstep).
+        console = self.console if i == 0 else Console(quiet=True)
+        run.tracker = trackers.enter_context(RunTracker(run.run_dir, run.config.total_timesteps, console, run.start_step))
+        if run.done():
+            self.complete(i)
+
+    def announce(self, run: Run) -> None:
+        config, done = run.config, run.global_step
+        if done >= config.total_timesteps:
+            what = f"nothing to train: {done:,} of {config.total_timesteps:,} env steps already done (give total_timesteps=N to train longer); evaluating"
+        else:
+            what = f"training {self.algo.name} on {config.env.id}" + (f" from env step {done:,}" if done else "") + f" to {config.total_timesteps:,} env steps"
+        if len(self.runs) > 1:
+            what += f" (seed {config.seed}, one of {len(self.runs)} runs trained together)"
+        preset = run.choices.get("preset")
+        if preset and preset != "none":
+            what += f" with the preset {preset}"
+        self.console.print(f"{what} | run dir {run.run_dir}", highlight=False, soft_wrap=True)
+
+    def train_one_update(self) -> None:
+        active = np.array([run.active for run in self.runs])
+        progress = torch.tensor([run.global_step / run.config.total_timesteps for run in self.runs])
+        lrs = self.algo.learning_rate(progress)
+        self.algo.set_learning_rate(lrs)
+        self.algo.active = torch.from_numpy(active)
+        episodes = self.collector.collect(self.policy, self.rollout, active, self.generators)
+        stats = self.update()
+        stats["learning_rate"] = lrs
+        for i in np.flatnonzero(active):
+            self.after_update(i, episodes[i], {key: value[i].item() for key, value in stats.items()})
+
+    def update(self) -> dict[str, torch.Tensor]:
         advantages, returns = self.algo.advantages(self.rollout)
         batch = self.rollout.batch(advantages, returns)
         stats = self.algo.update(batch)
         stats.update(policy_change(self.policy, batch))
         self.algo.after_update(stats)
         if self.policy.critic is not None:
-            stats["explained_variance"] = explained_variance(batch.old_values, batch.returns)
+            stats["explained_variance"] = explained_variance(batch.old_values, batch.returns, batch.mask)
         return stats
 
-    def evaluate_and_log(self, tracker: RunTracker) -> np.ndarray:
-        if self.config.eval_episodes == 0:
-            return np.array([])
-        returns = evaluate(
-            self.policy, self.config.env, self.config.eval_episodes, self.config.seed + EVAL_SEED_OFFSET,
-            obs_stats=normalizer_stats(self.collector.envs).get("obs"),
+    def after_update(self, i: int, episodes: Episodes, stats: dict[str, float]) -> None:
+        """Run `i`'s bookkeeping after an update: count, check, log, evaluate, checkpoint, end."""
+        run, config = self.runs[i], self.runs[i].config
+        run.global_step += episodes.steps
+        run.recent_returns.extend(episodes.returns)
+        run.updates += 1
+        bad = non_finite(self.run_parameters(i), stats)
+        if bad:
+            self.finish(i, "failed", np.array([]))
+            run.fail(self.diverged(run, bad))
+            return
+        sps = (run.global_step - run.start_step) / (time.perf_counter() - self.start_time)
+        scalars = {f"train/{key}": value for key, value in stats.items()}
+        scalars["perf/sps"] = sps
+        if episodes.returns:
+            scalars["rollout/episodic_return"] = float(np.mean(episodes.returns))
+            scalars["rollout/episodic_length"] = float(np.mean(episodes.lengths))
+        recent = float(np.mean(run.recent_returns)) if run.recent_returns else math.nan
+        if run.recent_returns:
+            scalars["rollout/recent_return"] = recent
+        run.tracker.scalars(scalars, run.global_step)
+        run.tracker.advance(run.global_step, sps, recent, stats["kl"])
+        if config.eval_interval and run.global_step >= run.next_eval_step and not run.done():
+            self.evaluate_and_log(i)
+            run.next_eval_step = (run.global_step // config.eval_interval + 1) * config.eval_interval
+        if run.done():
+            self.complete(i)
+        elif config.checkpoint_interval and run.updates % config.checkpoint_interval == 0:
+            self.save(i)
+
+    def run_parameters(self, i: int) -> dict[str, torch.Tensor]:
+        return {name: param[i] for name, param in self.policy.named_parameters()}
+
+    def diverged(self, run: Run, bad: list[str]) -> TrainingDiverged:
+        kept = (
+            f"the last good checkpoint (env step {run.checkpoint_step}) is kept"
+            if run.checkpoint_step is not None else "no checkpoint had been written yet"
         )
-        tracker.scalars({"eval/episodic_return": float(returns.mean())}, self.global_step)
-        log.info("step %d: eval return %.1f +- %.1f", self.global_step, returns.mean(), returns.std())
+        return TrainingDiverged(
+            f"Training diverged at update {run.updates} (env step {run.global_step}): non-finite "
+            f"{', '.join(bad[:5])}; {kept}. A smaller algo.lr or algo.max_grad_norm usually helps."
+        )
+
+    def complete(self, i: int) -> None:
+        """Run `i` has its steps or its target: final evaluation, checkpoint, summary, report."""
+        run = self.runs[i]
+        eval_returns = self.evaluate_and_log(i)
+        self.save(i)
+        summary = self.finish(i, "completed", eval_returns)
+        run.tracker.hparams(run.resolved_config, run.choices, {"eval/episodic_return": summary["eval_return_mean"]})
+        run.result = summary["eval_return_mean"]
+        self.report(run, summary)
+
+    def evaluate_and_log(self, i: int) -> np.ndarray:
+        run = self.runs[i]
+        if run.config.eval_episodes == 0:
+            return np.array([])
+        policy = ActorCritic(
+            self.collector.envs[i].single_observation_space, self.collector.envs[i].single_action_space,
+            run.config.policy, self.policy.critic is not None, [torch.Generator()],
+        )
+        policy.load_run_state_dict(0, self.policy.run_state_dict(i))
+        returns = evaluate(
+            policy, run.config.env, run.config.eval_episodes, run.config.seed + EVAL_SEED_OFFSET,
+            obs_stats=normalizer_stats(self.collector.envs[i]).get("obs"),
+        )
+        run.tracker.scalars({"eval/episodic_return": float(returns.mean())}, run.global_step)
+        log.info("%s step %d: eval return %.1f +- %.1f", run.run_dir, run.global_step, returns.mean(), returns.std())
         return returns
 
-    def check_finite(self, stats: dict[str, float]) -> None:
-        bad = non_finite(self.policy, stats)
-        if bad:
-            kept = (
-                f"the last good checkpoint (env step {self.checkpoint_step}) is kept"
-                if self.checkpoint_step is not None else "no checkpoint had been written yet"
-            )
-            raise TrainingDiverged(
-                f"Training diverged at update {self.updates} (env step {self.global_step}): non-finite "
-                f"{', '.join(bad[:5])}; {kept}. A smaller algo.lr or algo.max_grad_norm usually helps."
-            )
-
-    def save(self, session_seconds: float) -> None:
-        """Checkpoint the current state, unless it is not finite (keep the last good one)."""
-        if not non_finite(self.policy, {}):
-            state = {**self.state_dict(), "wall_seconds": self.wall_seconds + session_seconds}
-            save_checkpoint(self.run_dir, state, self.collector.snapshot())
-            self.checkpoint_step = self.global_step
+    def save(self, i: int) -> None:
+        """Checkpoint run `i`, unless it is not finite (keep the last good one)."""
+        run = self.runs[i]
+        if not non_finite(self.run_parameters(i), {}):
+            state = {**self.state_dict(i), "wall_seconds": run.wall_seconds + time.perf_counter() - self.start_time}
+            save_checkpoint(run.run_dir, state, self.collector.snapshot(i))
+            run.checkpoint_step = run.global_step
 
     def session_cpu_seconds(self) -> float:
-        """CPU time of this process since the run started in it (all its threads)."""
-        return time.process_time() - self.session_start_cpu
+        """This process's CPU time since the group started (all its threads), shared evenly
+        among the group's runs."""
+        return (time.process_time() - self.session_start_cpu) / len(self.runs)
 
-    def write_running_summary(self) -> None:
-        """Say at once that this process trains here: readers tell a live run from a dead one."""
-        summary = {**read_summary(self.run_dir), "status": "running", "pid": os.getpid(), "host": socket.gethostname()}
-        summary.update(algo=self.algo.name, env=self.config.env.id, seed=self.config.seed)
-        write_summary(self.run_dir, summary)
-
-    def finish(self, status: str, eval_returns: np.ndarray, session_seconds: float) -> dict[str, Any]:
-        """Write summary.json and close the environments."""
-        self.collector.close()
-        wall_seconds = self.wall_seconds + session_seconds
+    def finish(self, i: int, status: str, eval_returns: np.ndarray) -> dict[str, Any]:
+        """Write run `i`'s summary.json and close its environments; it takes no further part."""
+        run = self.runs[i]
+        run.active = False
+        self.collector.close(i)
+        wall_seconds = run.wall_seconds + time.perf_counter() - self.start_time
         summary = {
             "status": status,
             "algo": self.algo.name,
-            "env": self.config.env.id,
-            "seed": self.config.seed,
-            "env_steps": self.global_step,
-            "total_timesteps": self.config.total_timesteps,
-            "updates": self.updates,
+            "env": run.config.env.id,
+            "seed": run.config.seed,
+            "env_steps": run.global_step,
+            "total_timesteps": run.config.total_timesteps,
+            "updates": run.updates,
+            "group_size": len(self.runs),
             "wall_seconds": round(wall_seconds, 3),
-            "cpu_seconds": round(self.cpu_seconds + self.session_cpu_seconds(), 3),
-            "sps": round(self.global_step / wall_seconds, 1) if wall_seconds > 0 else 0.0,
+            "cpu_seconds": round(run.cpu_seconds + self.session_cpu_seconds(), 3),
+            "sps": round(run.global_step / wall_seconds, 1) if wall_seconds > 0 else 0.0,
             "eval_episodes": int(eval_returns.size),
             "eval_return_mean": float(eval_returns.mean()) if eval_returns.size else None,
             "eval_return_std": float(eval_returns.std()) if eval_returns.size else None,
-            "train_return_recent": float(np.mean(self.recent_returns)) if self.recent_returns else None,
-            "target_reached": self.target_reached() if self.config.target_return is not None else None,
+            "train_return_recent": float(np.mean(run.recent_returns)) if run.recent_returns else None,
+            "target_reached": run.target_reached() if run.config.target_return is not None else None,
         }
-        write_summary(self.run_dir, summary)
+        write_summary(run.run_dir, summary)
         return summary
 
-    def report(self, summary: dict[str, Any], start_step: int) -> None:
+    def report(self, run: Run, summary: dict[str, Any]) -> None:
         if summary["target_reached"]:
             self.console.print(
                 f"[bold green]target reached[/]: the last {RECENT_EPISODES} training episodes averaged "
-                f"{summary['train_return_recent']:.1f} >= {self.config.target_return:g} at env step {summary['env_steps']:,}",
+                f"{summary['train_return_recent']:.1f} >= {run.config.target_return:g} at env step {summary['env_steps']:,}",
                 highlight=False, soft_wrap=True,
             )
         ret = summary["eval_return_mean"]
@@ -346,24 +458,29 @@ class Trainer:
         self.console.print(
             f"[bold green]done[/] {summary['algo']} on {summary['env']}: {ret_text} | "
             f"{summary['env_steps']:,} env steps in {summary['wall_seconds']:.1f} s ({summary['sps']:,.0f} SPS; "
-            f"a rollout always completes, so a run may pass total_timesteps={self.config.total_timesteps:,}) | "
-            f"run dir {self.run_dir} | tensorboard --logdir {self.run_dir / TENSORBOARD_SUBDIR}",
+            f"a rollout always completes, so a run may pass total_timesteps={run.config.total_timesteps:,}) | "
+            f"run dir {run.run_dir} | tensorboard --logdir {run.run_dir / TENSORBOARD_SUBDIR}",
             highlight=False, soft_wrap=True,
         )
 
 
-def policy_change(policy: ActorCritic, batch: Batch) -> dict[str, float]:
-    """Where an update left the policy, over the batch's states: the exact mean
-    KL(pi_old || pi_theta), pi_old as stored at collection, and the mean entropy of pi_theta."""
+def policy_change(policy: ActorCritic, batch: Batch) -> dict[str, torch.Tensor]:
+    """Where an update left the policy, over each run's batch states: the exact mean
+    KL(pi_old || pi_theta), pi_old as stored at collection, and the mean entropy of pi_theta, (R,)."""
     with torch.no_grad():
         old = policy.distribution(batch.old_dist_params)
         new = policy.distribution(policy.actor(batch.obs))
-        return {"kl": kl_divergence(old, new).mean().item(), "entropy": new.entropy().mean().item()}
+        return {"kl": batch.mean(kl_divergence(old, new)), "entropy": batch.mean(new.entropy())}
 
 
-def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
-    """1 - Var[target - predicted] / Var[target]: 1 is a perfect critic, <= 0 a useless one."""
-    target_var = target.var()
-    if target_var == 0:
-        return math.nan
-    return (1 - (target - predicted).var() / target_var).item()
+def explained_variance(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var[target - predicted] / Var[target] per run over its real transitions, (R,):
+    1 is a perfect critic, <= 0 a useless one (NaN where the targets do not vary)."""
+    count = mask.sum(1).clamp(min=1)
+
+    def variance(x: torch.Tensor) -> torch.Tensor:
+        mean = (x * mask).sum(1, keepdim=True) / count.unsqueeze(1)
+        return ((x - mean) * mask).pow(2).sum(1) / (count - 1).clamp(min=1)
+
+    target_var = variance(target)
+    return torch.where(target_var == 0, math.nan, 1 - variance(target - predicted) / target_var)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from rlrun.algos.base import FixedRolloutAlgorithm, FixedRolloutConfig, normalize
 from rlrun.rollout import Batch
 
@@ -29,15 +31,16 @@ class A2C(FixedRolloutAlgorithm):
     config_class = A2CConfig
     config: A2CConfig
 
-    def update(self, batch: Batch) -> dict[str, float]:
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         config = self.config
-        advantages = normalize(batch.advantages) if config.normalize_advantages else batch.advantages
+        advantages = normalize(batch.advantages, batch.mask) if config.normalize_advantages else batch.advantages
         dist_params, values = self.policy(batch.obs)
         dist = self.policy.distribution(dist_params)
-        policy_loss = -(dist.log_prob(batch.actions) * advantages).mean()
-        value_loss = 0.5 * (values - batch.returns).pow(2).mean()
-        loss = policy_loss + config.vf_coef * value_loss
-        if config.ent_coef:
-            loss = loss - config.ent_coef * dist.entropy().mean()
+        policy_loss = -batch.mean(dist.log_prob(batch.actions) * advantages)
+        value_loss = 0.5 * batch.mean((values - batch.returns).pow(2))
+        loss = policy_loss + self.per_run("vf_coef") * value_loss
+        ent_coef = self.per_run("ent_coef")
+        if ent_coef.any():
+            loss = loss - ent_coef * batch.mean(dist.entropy())
         grad_norm = self.gradient_step(loss)
-        return {"policy_loss": policy_loss.item(), "value_loss": value_loss.item(), "grad_norm": grad_norm.item()}
+        return {"policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(), "grad_norm": grad_norm}

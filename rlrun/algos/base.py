@@ -18,22 +18,31 @@ What the algorithm declares, read by the trainer before and during the run:
 The first four are class-level: the trainer reads them before it builds the environments and
 the policy the algorithm is constructed with.
 
-What the trainer calls for every update, in order (T steps, N envs, B = valid steps):
+An algorithm object serves a group of R runs trained side by side (a single run is a group of
+one): it gets one config per run, and the keys that shape the update (rollout sizes, epochs,
+minibatches, switches) are the same in all of them (rlrun.grouping splits groups by them);
+scalar hyperparameters may differ and are read per run with `per_run(key)`, as (R,) tensors.
+Every loss is a sum over runs of each run's own loss, so run r's gradient is its own.
 
-1. `set_learning_rate(learning_rate(progress))`
-2. `advantages(rollout)` -> (advantages, returns), each (T, N) float32, on the rollout's
-   (T, N) tensors; entries at invalid (reset) steps are ignored.
-3. `update(batch)` on the B valid transitions (`Batch`: obs (B, obs_dim), actions (B, ...),
-   old_log_probs (B,), old_dist_params (B, P), old_values (B,), dones (B,), advantages (B,),
-   returns (B,)) -> a dict of float diagnostics, logged as `train/<key>`.
+What the trainer calls for every update, in order (R runs, T steps, N envs, B = T * N):
+
+1. `set_learning_rate(learning_rate(progress))`, `progress` (R,); `active` (R,) bool set to
+   the runs that learn in this update (not finished, not failed).
+2. `advantages(rollout)` -> (advantages, returns), each (R, T, N) float32, on the rollout's
+   (R, T, N) tensors; entries at invalid (reset) steps are ignored.
+3. `update(batch)` on the (R, B) transitions (`Batch`: obs (R, B, obs_dim), actions (R, B, ...),
+   old_log_probs, old_values, dones, advantages, returns (R, B), old_dist_params (R, B, P),
+   mask (R, B): 1 for real transitions, the only ones any loss or statistic may read)
+   -> a dict of (R,) float tensors, logged per run as `train/<key>`.
 4. The trainer measures the policy change over the batch's states, exact KL(pi_old || pi_new)
    and entropy of pi_new, into the same dict (`kl`, `entropy`), then calls
    `after_update(stats)`: where adaptive rules react to what the update did (PPO-KL's beta).
 
-`state_dict()` / `load_state_dict()` hold what a checkpoint needs to continue exactly, as
-tensors and plain Python values only (checkpoints load with `weights_only=True`). The
-optimiser is one Adam over all of the policy's trainable parameters (eps 1e-5, as the PPO
-reference implementations); `gradient_step(loss)` is the only way an update moves them.
+`state_dict(run)` / `load_state_dict(run, state)` hold what a checkpoint of run `run` needs to
+continue exactly, as tensors and plain Python values only (checkpoints load with
+`weights_only=True`). The optimiser is one Adam over all of the policy's trainable parameters
+(eps 1e-5, as the PPO reference implementations), per run; `gradient_step(loss, moving)` is the
+only way an update moves them, and only the runs in `moving` move.
 """
 
 from __future__ import annotations
@@ -47,7 +56,7 @@ from omegaconf import MISSING
 from torch.func import functional_call, grad, vmap
 
 from rlrun.config import OptimConfig, bound, check_one_rollout, unit_interval
-from rlrun.optim import Adam, clip_grad_norm_
+from rlrun.optim import Adam
 from rlrun.policies import ActorCritic
 from rlrun.returns import gae
 from rlrun.rollout import Batch, Rollout
@@ -67,10 +76,20 @@ class Algorithm:
         if "name" in cls.__dict__:  # shared bases such as PPO define no name of their own
             ALGORITHMS[cls.name] = cls
 
-    def __init__(self, config: OptimConfig, policy: ActorCritic):
-        self.config = config
+    def __init__(self, configs: list[OptimConfig], policy: ActorCritic, generators: list[torch.Generator]):
+        self.configs = configs
+        self.config = configs[0]  # for the keys every run of a group shares
         self.policy = policy
-        self.optimizer = Adam(policy.parameters(), lr=config.lr, eps=1e-5)
+        self.generators = generators  # run r's minibatch shuffling draws from generators[r]
+        modules = [module for module in (policy.actor, policy.critic) if module is not None]
+        self.optimizer = Adam(modules, lr=self.per_run("lr"), eps=1e-5)
+        self.max_grad_norm = self.per_run("max_grad_norm", none=math.inf)
+        self.active = torch.ones(len(configs), dtype=torch.bool)  # set by the trainer before each update
+
+    def per_run(self, key: str, none: float = math.nan) -> torch.Tensor:
+        """Each run's value of hyperparameter `key` (null read as `none`), (R,) float32."""
+        values = [getattr(config, key) for config in self.configs]
+        return torch.tensor([none if value is None else float(value) for value in values])
 
     @classmethod
     def needs_critic(cls, config: OptimConfig) -> bool:
@@ -84,36 +103,35 @@ class Algorithm:
     def discount(cls, config: OptimConfig) -> float:
         return 1.0  # eq. 12 weighs undiscounted returns; discounting algorithms override
 
-    def learning_rate(self, progress: float) -> float:
-        """`lr`, decayed linearly to 0 over the run with `anneal_lr`."""
-        return self.config.lr * (1 - progress if self.config.anneal_lr else 1)
+    def learning_rate(self, progress: torch.Tensor) -> torch.Tensor:
+        """Each run's `lr`, decayed linearly to 0 over the run with `anneal_lr`, (R,)."""
+        return self.per_run("lr") * (1 - progress if self.config.anneal_lr else 1)
 
-    def set_learning_rate(self, lr: float) -> None:
+    def set_learning_rate(self, lr: torch.Tensor) -> None:
         self.optimizer.lr = lr
 
     def advantages(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def update(self, batch: Batch) -> dict[str, float]:
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
-    def after_update(self, stats: dict[str, float]) -> None:
+    def after_update(self, stats: dict[str, torch.Tensor]) -> None:
         """React to the measured policy change (`stats["kl"]`); nothing by default."""
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
+    def state_dict(self, run: int) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.run_state_dict(run)}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
+    def load_state_dict(self, run: int, state: dict[str, Any]) -> None:
+        self.optimizer.load_run_state_dict(run, state["optimizer"])
 
-    def gradient_step(self, loss: torch.Tensor) -> torch.Tensor:
-        """One clipped gradient step on `loss`; returns the gradient norm before clipping."""
+    def gradient_step(self, losses: torch.Tensor, moving: torch.Tensor | None = None) -> torch.Tensor:
+        """One gradient step on each run's loss, `losses` (R,), each run's gradient clipped to its
+        `max_grad_norm`; only the runs in `moving` (default: the active ones) move. Returns the
+        gradient norms before clipping, (R,)."""
         self.optimizer.zero_grad()
-        loss.backward()
-        max_norm = self.config.max_grad_norm
-        grad_norm = clip_grad_norm_(self.optimizer.params, math.inf if max_norm is None else max_norm)
-        self.optimizer.step()
-        return grad_norm
+        losses.sum().backward()  # runs share no parameter: each gets its own loss's gradient
+        return self.optimizer.step(self.max_grad_norm, self.active if moving is None else moving)
 
 
 @dataclass
@@ -152,29 +170,37 @@ class FixedRolloutAlgorithm(Algorithm):
     def advantages(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         return gae(
             rollout.rewards, rollout.values, rollout.next_value, rollout.terminated,
-            rollout.dones, self.config.gamma, self.config.gae_lambda,
+            rollout.dones, self.per_run("gamma").view(-1, 1, 1), self.per_run("gae_lambda").view(-1, 1, 1),
         )
 
 
-def normalize(advantages: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit std per minibatch: a per-batch baseline and step-size control."""
-    return (advantages - advantages.mean()) / (advantages.std(unbiased=False) + 1e-8)
+def normalize(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit std per run over its real transitions: a per-batch baseline and
+    step-size control. (R, B) -> (R, B)."""
+    count = mask.sum(1, keepdim=True).clamp(min=1)
+    mean = (advantages * mask).sum(1, keepdim=True) / count
+    std = (((advantages - mean) * mask).pow(2).sum(1, keepdim=True) / count).sqrt()
+    return (advantages - mean) / (std + 1e-8)
 
 
-def score_function_variance(policy: ActorCritic, batch: Batch, advantages: torch.Tensor, max_samples: int = 1024) -> float:
-    """Total variance of the per-sample policy-gradient terms A_t * grad log pi(a_t|s_t).
+def score_function_variance(policy: ActorCritic, batch: Batch, advantages: torch.Tensor, generators: list[torch.Generator], max_samples: int = 1024) -> torch.Tensor:
+    """Total variance of the per-sample policy-gradient terms A_t * grad log pi(a_t|s_t), per run, (R,).
 
     The sum over actor parameters of each coordinate's variance across samples (on at most
-    `max_samples` random samples of the batch). The batch gradient is a sum of these terms
-    (over the number of episodes); ignoring the covariance between steps of one episode, its
-    variance scales with this number: a good baseline makes it smaller.
+    `max_samples` random samples of the run's batch). The batch gradient is a sum of these
+    terms (over the number of episodes); ignoring the covariance between steps of one
+    episode, its variance scales with this number: a good baseline makes it smaller.
     """
-    index = torch.randperm(len(batch))[:max_samples]
-    params = {name: p.detach() for name, p in policy.actor.named_parameters()}
+    variances = []
+    for run, generator in enumerate(generators):
+        real = batch.mask[run].nonzero().squeeze(1)
+        index = real[torch.randperm(len(real), generator=generator)[:max_samples]]
+        params = {name: p[run:run + 1].detach() for name, p in policy.actor.named_parameters()}
 
-    def term(params, obs, action, advantage):
-        dist_params = functional_call(policy.actor, params, (obs,))
-        return policy.distribution(dist_params).log_prob(action) * advantage
+        def term(params, obs, action, advantage):
+            dist_params = functional_call(policy.actor, params, (obs.view(1, 1, -1),))
+            return policy.distribution(dist_params).log_prob(action.view(1, 1, *action.shape)).sum() * advantage
 
-    grads = vmap(grad(term), in_dims=(None, 0, 0, 0))(params, batch.obs[index], batch.actions[index], advantages[index])
-    return sum(g.flatten(1).var(dim=0).sum() for g in grads.values()).item()
+        grads = vmap(grad(term), in_dims=(None, 0, 0, 0))(params, batch.obs[run, index], batch.actions[run, index], advantages[run, index])
+        variances.append(sum(g.flatten(1).var(dim=0).sum() for g in grads.values()))
+    return torch.stack(variances)

@@ -90,21 +90,23 @@ class PG(Algorithm):
         returns = episode_returns(rollout.rewards, rollout.dones)
         return returns, returns
 
-    def update(self, batch: Batch) -> dict[str, float]:
-        advantages = normalize(batch.advantages) if self.config.normalize_advantages else batch.advantages
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        advantages = normalize(batch.advantages, batch.mask) if self.config.normalize_advantages else batch.advantages
         dist = self.policy.distribution(self.policy.actor(batch.obs))
-        policy_loss = policy_gradient_loss(dist.log_prob(batch.actions), advantages, num_episodes=batch.dones.sum())
-        grad_var = score_function_variance(self.policy, batch, advantages)
+        num_episodes = (batch.dones * batch.mask).sum(1)
+        policy_loss = policy_gradient_loss(dist.log_prob(batch.actions), advantages, batch.mask, num_episodes)
+        grad_var = score_function_variance(self.policy, batch, advantages, self.generators)
         grad_norm = self.gradient_step(policy_loss)
-        return {"policy_loss": policy_loss.item(), "grad_norm": grad_norm.item(), "grad_var": grad_var}
+        return {"policy_loss": policy_loss.detach(), "grad_norm": grad_norm, "grad_var": grad_var}
 
 
-def policy_gradient_loss(log_probs: torch.Tensor, advantages: torch.Tensor, num_episodes: torch.Tensor) -> torch.Tensor:
-    """Minus eq. 13's estimate, 1/N sum_n sum_t A_t^n log pi(a_t^n|s_t^n), over N episodes.
+def policy_gradient_loss(log_probs: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, num_episodes: torch.Tensor) -> torch.Tensor:
+    """Minus eq. 13's estimate, 1/N sum_n sum_t A_t^n log pi(a_t^n|s_t^n), over each run's N
+    episodes (its real transitions, `mask`), (R,).
 
     Its gradient is minus the policy-gradient estimate (the advantages are constants).
     """
-    return -(log_probs * advantages).sum() / num_episodes
+    return -(log_probs * advantages * mask).sum(1) / num_episodes.clamp(min=1)
 
 
 class PGBaseline(PG):
@@ -129,33 +131,36 @@ class PGBaseline(PG):
 
     def advantages(self, rollout: Rollout) -> tuple[torch.Tensor, torch.Tensor]:
         config = self.config
+        gamma = self.per_run("gamma").view(-1, 1, 1)
         if config.gae_lambda is not None:
             return gae(
                 rollout.rewards, rollout.values, rollout.next_value, rollout.terminated,
-                rollout.dones, config.gamma, config.gae_lambda,
+                rollout.dones, gamma, self.per_run("gae_lambda").view(-1, 1, 1),
             )
         if config.reward_to_go:
-            returns = reward_to_go(rollout.rewards, rollout.dones, config.gamma)
+            returns = reward_to_go(rollout.rewards, rollout.dones, gamma)
         else:
-            returns = episode_returns(rollout.rewards, rollout.dones, config.gamma)
+            returns = episode_returns(rollout.rewards, rollout.dones, gamma)
         if config.baseline == Baseline.mean:
             return returns - leave_one_out_mean(returns, rollout.valid), returns
         if config.baseline == Baseline.value:
             return returns - rollout.values, returns
         return returns, returns
 
-    def update(self, batch: Batch) -> dict[str, float]:
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         stats = super().update(batch)
         if self.policy.critic is not None:
+            vf_coef = self.per_run("vf_coef")
             for _ in range(self.config.value_steps):
-                value_loss = 0.5 * (self.policy.value(batch.obs) - batch.returns).pow(2).mean()
-                self.gradient_step(self.config.vf_coef * value_loss)
-            stats["value_loss"] = value_loss.item()
+                value_loss = 0.5 * batch.mean((self.policy.value(batch.obs) - batch.returns).pow(2))
+                self.gradient_step(vf_coef * value_loss)
+            stats["value_loss"] = value_loss.detach()
         return stats
 
 
 def leave_one_out_mean(returns: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """b = E[R(tau)] estimated, for each episode, from the batch's *other* episodes, (N,).
+    """b = E[R(tau)] estimated, for each episode, from the batch's *other* episodes, (..., 1, N)
+    on (..., T, N) rollouts.
 
     In whole-episode rollouts column n is one episode; its value is the episode's mean return
     per step (R(tau) itself when every step carries R(tau); the mean reward-to-go with
@@ -163,5 +168,6 @@ def leave_one_out_mean(returns: torch.Tensor, valid: torch.Tensor) -> torch.Tens
     keeps b independent of the actions it is subtracted from, so the estimate stays
     unbiased; a plain batch mean would shrink the expected gradient by a factor (1 - 1/N).
     """
-    per_episode = (returns * valid).sum(0) / valid.sum(0)
-    return (per_episode.sum() - per_episode) / (per_episode.numel() - 1)
+    per_episode = (returns * valid).sum(-2) / valid.sum(-2).clamp(min=1)
+    others = (per_episode.sum(-1, keepdim=True) - per_episode) / (per_episode.shape[-1] - 1)
+    return others.unsqueeze(-2)

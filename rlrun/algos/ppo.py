@@ -9,6 +9,8 @@ pi_theta close to pi_old: PPO-KL with a KL penalty (eq. 18), PPO-clip by clippin
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import Optional
 
@@ -86,54 +88,64 @@ class PPO(FixedRolloutAlgorithm):
     config: PPOConfig
 
     def policy_loss(self, ratio: torch.Tensor, advantages: torch.Tensor, dist: Distribution, minibatch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The negated surrogate to minimise, and diagnostics to log."""
+        """Each run's negated surrogate to minimise, (R,), and diagnostics to log, each (R,)."""
         raise NotImplementedError
 
-    def update(self, batch: Batch) -> dict[str, float]:
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
         config = self.config
+        vf_coef, ent_coef = self.per_run("vf_coef"), self.per_run("ent_coef")
+        updating = self.active.clone()  # runs still taking epochs in this update
+        epochs_done = torch.zeros(len(updating))
         history: dict[str, list[torch.Tensor]] = {}
-        epochs_done = 0
+        moves: list[torch.Tensor] = []  # per minibatch, 1 for the runs it stepped
         for _ in range(config.epochs):
-            epoch_kls = []
-            for minibatch in batch.minibatches(config.num_minibatches):
+            epoch_kl, epoch_steps = torch.zeros(len(updating)), torch.zeros(len(updating))
+            for minibatch in batch.minibatches(config.num_minibatches, self.generators):
+                moving = updating & (minibatch.mask.sum(1) > 0)
                 dist_params, values = self.policy(minibatch.obs)
                 dist = self.policy.distribution(dist_params)
                 log_ratio = dist.log_prob(minibatch.actions) - minibatch.old_log_probs
                 ratio = log_ratio.exp()
                 advantages = minibatch.advantages
                 if config.normalize_advantages:
-                    advantages = normalize(advantages)
+                    advantages = normalize(advantages, minibatch.mask)
                 policy_loss, diagnostics = self.policy_loss(ratio, advantages, dist, minibatch)
-                value_loss = 0.5 * (values - minibatch.returns).pow(2).mean()
-                loss = policy_loss + config.vf_coef * value_loss
-                if config.ent_coef:  # the bonus; train/entropy is measured once, after the update
-                    loss = loss - config.ent_coef * dist.entropy().mean()
-                grad_norm = self.gradient_step(loss)
+                value_loss = 0.5 * minibatch.mean((values - minibatch.returns).pow(2))
+                loss = policy_loss + vf_coef * value_loss
+                if ent_coef.any():  # the bonus; train/entropy is measured once, after the update
+                    loss = loss - ent_coef * minibatch.mean(dist.entropy())
+                grad_norm = self.gradient_step(loss, moving)
                 with torch.no_grad():
                     # k3 estimator of KL(pi_old || pi_theta): unbiased, always >= 0.
-                    approx_kl = ((ratio - 1) - log_ratio).mean()
-                    ratio_min, ratio_max = torch.aminmax(ratio)
-                epoch_kls.append(approx_kl)
-                step_stats = {
-                    "policy_loss": policy_loss, "value_loss": value_loss,
-                    "approx_kl": approx_kl, "grad_norm": grad_norm, "ratio_mean": ratio.mean(),
-                    "ratio_min": ratio_min, "ratio_max": ratio_max, **diagnostics,
-                }
+                    approx_kl = minibatch.mean((ratio - 1) - log_ratio)
+                    real = minibatch.mask > 0
+                    step_stats = {
+                        "policy_loss": policy_loss, "value_loss": value_loss, "approx_kl": approx_kl,
+                        "grad_norm": grad_norm, "ratio_mean": minibatch.mean(ratio),
+                        "ratio_min": torch.where(real, ratio, math.inf).amin(1),
+                        "ratio_max": torch.where(real, ratio, -math.inf).amax(1), **diagnostics,
+                    }
+                moves.append(moving.float())
+                epoch_kl += approx_kl * moving
+                epoch_steps += moving
                 for key, value in step_stats.items():
                     history.setdefault(key, []).append(value.detach())
-            epochs_done += 1
-            if self.stop_epochs(torch.stack(epoch_kls).mean()):
+            epochs_done += updating
+            updating &= ~self.stop_epochs(epoch_kl / epoch_steps.clamp(min=1))
+            if not updating.any():
                 break
+        weights = torch.stack(moves)  # (minibatches, R)
+        taken = weights > 0
         stats = {key: torch.stack(values) for key, values in history.items()}
-        summary = {key: values.mean().item() for key, values in stats.items()}
-        summary["ratio_min"] = stats["ratio_min"].min().item()
-        summary["ratio_max"] = stats["ratio_max"].max().item()
-        summary["epochs"] = float(epochs_done)
+        summary = {key: (values * weights).sum(0) / weights.sum(0) for key, values in stats.items()}
+        summary["ratio_min"] = torch.where(taken, stats["ratio_min"], math.inf).amin(0)
+        summary["ratio_max"] = torch.where(taken, stats["ratio_max"], -math.inf).amax(0)
+        summary["epochs"] = epochs_done
         return summary
 
-    def stop_epochs(self, approx_kl: torch.Tensor) -> bool:
-        """Whether to stop this update's epochs early, given the last epoch's mean approx_kl."""
-        return False
+    def stop_epochs(self, approx_kl: torch.Tensor) -> torch.Tensor:
+        """Which runs stop this update's epochs early, given each run's last epoch mean approx_kl."""
+        return torch.zeros_like(approx_kl, dtype=torch.bool)
 
 
 class PPOClip(PPO):
@@ -151,15 +163,15 @@ class PPOClip(PPO):
     config: PPOClipConfig
 
     def policy_loss(self, ratio, advantages, dist, minibatch):
-        eps = self.config.clip_eps
+        eps = self.per_run("clip_eps").unsqueeze(1)
         surrogate = ratio * advantages
-        clipped_surrogate = ratio.clamp(1 - eps, 1 + eps) * advantages
-        loss = -torch.min(surrogate, clipped_surrogate).mean()
-        clipfrac = ((ratio - 1).abs() > eps).float().mean()
+        clipped_surrogate = torch.clamp(ratio, 1 - eps, 1 + eps) * advantages
+        loss = -minibatch.mean(torch.min(surrogate, clipped_surrogate))
+        clipfrac = minibatch.mean(((ratio - 1).abs() > eps).float())
         return loss, {"clipfrac": clipfrac}
 
     def stop_epochs(self, approx_kl):
-        return self.config.target_kl is not None and approx_kl.item() > self.config.target_kl
+        return approx_kl > self.per_run("target_kl", none=math.inf)
 
 
 class PPOKL(PPO):
@@ -168,44 +180,43 @@ class PPOKL(PPO):
         J_PPO(theta) = E[ r_t * A_t ] - beta * KL(pi_old || pi_theta),
 
     with the exact KL of the action distributions. With `adaptive`, beta follows Schulman
-    et al. (2017), sec. 4, after every update (`adapt_kl_beta`).
+    et al. (2017), sec. 4, after every update (`adapt_kl_beta`), each run its own beta.
     """
 
     name = "ppo_kl"
     config_class = PPOKLConfig
     config: PPOKLConfig
 
-    def __init__(self, config: PPOKLConfig, policy):
-        super().__init__(config, policy)
-        self.kl_beta = config.beta_init
+    def __init__(self, configs: list[PPOKLConfig], policy, generators):
+        super().__init__(configs, policy, generators)
+        self.kl_beta = self.per_run("beta_init")
 
-    def state_dict(self):
-        return {**super().state_dict(), "kl_beta": self.kl_beta}
+    def state_dict(self, run):
+        return {**super().state_dict(run), "kl_beta": self.kl_beta[run].item()}
 
-    def load_state_dict(self, state):
-        super().load_state_dict(state)
-        self.kl_beta = state["kl_beta"]
+    def load_state_dict(self, run, state):
+        super().load_state_dict(run, state)
+        self.kl_beta[run] = state["kl_beta"]
 
     def policy_loss(self, ratio, advantages, dist, minibatch):
-        kl = kl_divergence(self.policy.distribution(minibatch.old_dist_params), dist).mean()
-        surrogate = (ratio * advantages).mean()
+        kl = minibatch.mean(kl_divergence(self.policy.distribution(minibatch.old_dist_params), dist))
+        surrogate = minibatch.mean(ratio * advantages)
         return -(surrogate - self.kl_beta * kl), {"kl_penalty": kl}
 
-    def update(self, batch: Batch) -> dict[str, float]:
-        return {**super().update(batch), "kl_beta": self.kl_beta}  # the beta this update used
+    def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        return {**super().update(batch), "kl_beta": self.kl_beta.clone()}  # the beta this update used
 
-    def after_update(self, stats: dict[str, float]) -> None:
+    def after_update(self, stats: dict[str, torch.Tensor]) -> None:
         """d of the rule is the trainer's exact KL(pi_old || pi_new) over the batch."""
         if self.config.adaptive:
-            config = self.config
-            self.kl_beta = adapt_kl_beta(self.kl_beta, stats["kl"], config.kl_target, config.beta_min, config.beta_max)
+            adapted = adapt_kl_beta(
+                self.kl_beta, stats["kl"], self.per_run("kl_target"), self.per_run("beta_min"), self.per_run("beta_max"),
+            )
+            self.kl_beta = torch.where(self.active, adapted, self.kl_beta)
 
 
-def adapt_kl_beta(kl_beta: float, kl: float, kl_target: float, beta_min: float, beta_max: float) -> float:
+def adapt_kl_beta(kl_beta: torch.Tensor, kl: torch.Tensor, kl_target: torch.Tensor, beta_min: torch.Tensor, beta_max: torch.Tensor) -> torch.Tensor:
     """Halve beta when the update moved less than d_targ / 1.5, double it past 1.5 d_targ
-    (Schulman et al. 2017, sec. 4), within [beta_min, beta_max]."""
-    if kl < kl_target / 1.5:
-        kl_beta /= 2
-    elif kl > kl_target * 1.5:
-        kl_beta *= 2
-    return min(max(kl_beta, beta_min), beta_max)
+    (Schulman et al. 2017, sec. 4), within [beta_min, beta_max]; elementwise, per run."""
+    kl_beta = torch.where(kl < kl_target / 1.5, kl_beta / 2, torch.where(kl > kl_target * 1.5, kl_beta * 2, kl_beta))
+    return torch.clamp(kl_beta, beta_min, beta_max)
