@@ -36,6 +36,7 @@ from rlrun.config import Config, to_object
 from rlrun.envs import max_episode_steps, normalizer_stats
 from rlrun.errors import RLRunError
 from rlrun.evaluation import EVAL_SEED_OFFSET, evaluate
+from rlrun.grouping import group_key
 from rlrun.lifecycle import DiskFull, RunInterrupted, RunLock, StopSignals, TrainingDiverged, disk_full, non_finite
 from rlrun.policies import ActorCritic
 from rlrun.rollout import Batch, Rollout
@@ -91,7 +92,7 @@ def train_group(jobs: list[Job], signals: StopSignals | None = None) -> list[flo
             except RLRunError as err:
                 results[index] = err
         if len(runs) > 1:
-            _check_one_group(runs)
+            _check_one_group([jobs[run.index].cfg for run in runs])
         if runs:
             try:
                 trainer = Trainer(runs)
@@ -125,11 +126,8 @@ def _prepare(job: Job, index: int, stack: ExitStack) -> Run:
     return Run(index, config, resolved, job.run_dir, job.choices or {}, checkpoint)
 
 
-def _check_one_group(runs: list[Run]) -> None:
-    from rlrun.grouping import group_key
-
-    keys = {group_key(run.resolved_config) for run in runs}
-    if len(keys) > 1:
+def _check_one_group(cfgs: list[DictConfig]) -> None:
+    if len({group_key(cfg) for cfg in cfgs}) > 1:
         raise ValueError("train_group got runs whose configs differ in keys that cannot be batched; group them with rlrun.grouping")
 
 
