@@ -119,7 +119,7 @@ def train(ctx: typer.Context) -> None:
         _train_job()
         launch.SweepReport.print_commands()
     except SystemExit as exit_:
-        if exit_.code == 1 and not _job_started:
+        if exit_.code == 1 and not (_job_started or launch.SweepReport.sweep_dir is not None):  # a sweep's jobs may run in other processes
             raise SystemExit(2) from None  # Hydra refused the overrides or config; it said why
         launch.SweepReport.print_commands()
         raise

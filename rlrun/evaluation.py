@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from contextlib import closing
 from pathlib import Path
 
 import gymnasium as gym
@@ -22,46 +21,72 @@ UNLIMITED_EPISODE_STEPS = 100_000  # evaluation gives up on an episode this long
 
 
 def evaluate(
-    policy: ActorCritic, env_config: EnvConfig, episodes: int, seed: int,
-    video_dir: Path | None = None, obs_stats: RunningMeanStd | None = None,
-) -> np.ndarray:
-    """Returns of `episodes` complete episodes played with the mode of pi(.|s) (`policy`: a
-    group of one run).
+    policy: ActorCritic, env_config: EnvConfig, episodes: int, seeds: dict[int, int],
+    obs_stats: dict[int, RunningMeanStd | None], video_dir: Path | None = None,
+) -> dict[int, np.ndarray]:
+    """Returns of `episodes` complete episodes played with the mode of pi(.|s), for each run r
+    of `policy` in `seeds`: fresh episodes seeded by `seeds[r]`, observations normalised with
+    run r's training statistics `obs_stats[r]` (frozen). The runs play side by side, one
+    batched forward pass per step for all of them.
 
-    Runs them in parallel, one per env; with `video_dir`, one after another in a single
-    recorded env (Gymnasium's RecordVideo, one MP4 per episode). `obs_stats`: the training
-    run's observation-normalisation statistics, used frozen.
+    Each run plays its episodes in parallel, one per env; with `video_dir` (one run), one after
+    another in a single recorded env (Gymnasium's RecordVideo, one MP4 per episode).
     """
     num_envs = 1 if video_dir else episodes
-    envs = make_vector_env(env_config, num_envs=num_envs, video_dir=video_dir, obs_stats=obs_stats)
-    # env n plays quota[n] episodes; every episode counts, so no length bias
-    quota = np.full(num_envs, episodes // num_envs) + (np.arange(num_envs) < episodes % num_envs)
-    finished = np.zeros(num_envs, dtype=int)
-    running = np.zeros(num_envs)
-    returns: list[float] = []
-    with closing(envs), optional_dependencies(env_config.id, video=video_dir is not None):
-        obs, _ = envs.reset(seed=seed)
-        prev_dones = np.zeros(num_envs, dtype=bool)
-        for _ in range(int(quota.max()) * (_episode_step_limit(env_config.id) + 1)):
-            if (finished == quota).all():
-                break
-            with torch.inference_mode():
-                dist_params = policy.actor(torch.as_tensor(obs, dtype=torch.float32).unsqueeze(0))
-                actions = policy.distribution(dist_params).mode
-            obs, rewards, terminated, truncated, _ = envs.step(policy.head.to_env(actions)[0])
-            counting = (finished < quota) & ~prev_dones  # skip NEXT_STEP reset steps
-            running += np.where(counting, rewards, 0.0)
-            prev_dones = terminated | truncated
-            for n in np.flatnonzero(prev_dones & counting):
-                returns.append(running[n])
-                running[n] = 0.0
-                finished[n] += 1
-        if (finished < quota).any():
-            raise RLRunError(
-                f"Evaluation episodes of {env_config.id} did not end within {_episode_step_limit(env_config.id):,} "
-                "steps; the environment has no time limit that ends them."
-            )
-    return np.array(returns)
+    runs = {run: _EvalRun(env_config, num_envs, episodes, video_dir, obs_stats[run]) for run in seeds}
+    limit = _episode_step_limit(env_config.id)
+    try:
+        with optional_dependencies(env_config.id, video=video_dir is not None):
+            obs = np.zeros((policy.num_runs, num_envs, *policy.obs_shape), dtype=np.float32)
+            for run, evaluation in runs.items():
+                obs[run] = evaluation.reset(seeds[run])
+            for _ in range(-(-episodes // num_envs) * (limit + 1)):
+                playing = [run for run, evaluation in runs.items() if not evaluation.done()]
+                if not playing:
+                    break
+                with torch.inference_mode():
+                    actions = policy.head.to_env(policy.distribution(policy.actor(torch.from_numpy(obs))).mode)
+                for run in playing:
+                    obs[run] = runs[run].step(actions[run])
+    finally:
+        for evaluation in runs.values():
+            evaluation.envs.close()
+    if any(not evaluation.done() for evaluation in runs.values()):
+        raise RLRunError(
+            f"Evaluation episodes of {env_config.id} did not end within {limit:,} "
+            "steps; the environment has no time limit that ends them."
+        )
+    return {run: np.array(evaluation.returns) for run, evaluation in runs.items()}
+
+
+class _EvalRun:
+    """One run's evaluation environments and its episode count: env n plays quota[n] episodes,
+    and every episode counts, so there is no bias toward short ones."""
+
+    def __init__(self, env_config: EnvConfig, num_envs: int, episodes: int, video_dir: Path | None, obs_stats: RunningMeanStd | None):
+        self.envs = make_vector_env(env_config, num_envs=num_envs, video_dir=video_dir, obs_stats=obs_stats)
+        self.quota = np.full(num_envs, episodes // num_envs) + (np.arange(num_envs) < episodes % num_envs)
+        self.finished = np.zeros(num_envs, dtype=int)
+        self.running = np.zeros(num_envs)
+        self.prev_dones = np.zeros(num_envs, dtype=bool)
+        self.returns: list[float] = []
+
+    def reset(self, seed: int) -> np.ndarray:
+        return self.envs.reset(seed=seed)[0]
+
+    def done(self) -> bool:
+        return bool((self.finished == self.quota).all())
+
+    def step(self, actions: np.ndarray) -> np.ndarray:
+        obs, rewards, terminated, truncated, _ = self.envs.step(actions)
+        counting = (self.finished < self.quota) & ~self.prev_dones  # skip NEXT_STEP reset steps
+        self.running += np.where(counting, rewards, 0.0)
+        self.prev_dones = terminated | truncated
+        for n in np.flatnonzero(self.prev_dones & counting):
+            self.returns.append(self.running[n])
+            self.running[n] = 0.0
+            self.finished[n] += 1
+        return obs
 
 
 def _episode_step_limit(env_id: str) -> int:
@@ -95,4 +120,4 @@ def evaluate_run(run_dir: Path, episodes: int, seed: int | None = None, video_di
         raise RLRunError(f"The checkpoint of {run_dir} does not fit its own configuration: {err}") from None
     seed = saved["seed"] + EVAL_SEED_OFFSET if seed is None else seed
     obs_stats = state["collector"]["normalizers"].get("obs")
-    return evaluate(policy, env_config, episodes, seed, video_dir, obs_stats=running_stats(obs_stats) if obs_stats else None)
+    return evaluate(policy, env_config, episodes, {0: seed}, {0: running_stats(obs_stats) if obs_stats else None}, video_dir)[0]

@@ -49,12 +49,33 @@ def group_jobs(keys: list[str], max_group_size: int) -> list[list[int]]:
     return [jobs[i:i + max_group_size] for jobs in by_key.values() for i in range(0, len(jobs), max_group_size)]
 
 
+def spread(groups: list[list[int]], workers: int) -> list[list[int]]:
+    """Halve the largest groups until there are `workers` of them (or none has two jobs left):
+    fewer groups than workers would leave cores idle, and a group costs less per run only up
+    to the point where its process has the core to itself."""
+    groups = [list(group) for group in groups]
+    while len(groups) < workers:
+        largest = max(range(len(groups)), key=lambda i: len(groups[i]))
+        if len(groups[largest]) < 2:
+            break
+        group = groups.pop(largest)
+        half = (len(group) + 1) // 2
+        groups[largest:largest] = [group[:half], group[half:]]
+    return groups
+
+
 def swept_values(job_overrides: list[list[str]]) -> list[dict[str, str]]:
     """Per job, its `key: value` overrides of the keys the sweep gives more than one value."""
     jobs = [dict(override.partition("=")[::2] for override in overrides) for overrides in job_overrides]
     keys = dict.fromkeys(key for job in jobs for key in job)
     swept = [key for key in keys if len({job.get(key) for job in jobs}) > 1]
     return [{key: job[key] for key in swept if key in job} for job in jobs]
+
+
+def group_values(swept: list[dict[str, str]]) -> str:
+    """A group's swept values (`swept_values` of its jobs), e.g. "algo=ppo_clip seed=1,2,3"."""
+    keys = dict.fromkeys(key for job in swept for key in job)
+    return " ".join(f"{key}={','.join(dict.fromkeys(job[key] for job in swept if key in job))}" for key in keys)
 
 
 def describe(groups: list[list[int]], swept: list[dict[str, str]]) -> str:

@@ -53,7 +53,11 @@ class SweepReport(Callback):
     def print_commands(cls) -> None:
         if cls.sweep_dir is None:
             return
-        failed = f" ({cls.failed} failed)" if cls.failed else ""
+        from rlrun.checkpoint import read_summary
+
+        # Jobs that ran in other processes (joblib, batched, cluster launchers) said so there.
+        count = max(cls.failed, sum(read_summary(path.parent).get("status") == "failed" for path in cls.sweep_dir.glob("*/summary.json")))
+        failed = f" ({count} failed)" if count else ""
         Console().print(
             f"sweep done{failed}: {cls.sweep_dir}\n  rlrun summary {cls.sweep_dir}\n  rlrun summary {cls.sweep_dir} --runs\n"
             f"  rlrun plot {cls.sweep_dir}\n  rlrun compare {cls.sweep_dir} --by <swept key>\n  tensorboard --logdir {cls.sweep_dir}",
@@ -215,6 +219,10 @@ def check_overrides(args: list[str]) -> list[str]:
                 "export RAY_ADDRESS=ray://HEAD:10001 (the head node's Ray client port), and where the cluster uses "
                 "token authentication RAY_AUTH_MODE=token and its token (README, \"Clusters\"). Nothing was run."
             )
+        if "batched" in launchers:
+            from rlrun.batched_launcher import check_options
+
+            check_options({o.key_or_group.removeprefix("hydra.launcher."): o.value() for o in overrides if o.key_or_group.startswith("hydra.launcher.") and not o.is_sweep_override()})
         constant = sorted({o.key_or_group for o in overrides if not o.is_sweep_override() and not o.key_or_group.startswith("hydra")})
         # Beside the other overrides (argparse wants them together), not last: a flag may end the line.
         first = next((i for i, arg in enumerate(args) if arg in candidates), len(args))

@@ -26,6 +26,9 @@ class RunInterrupted(KeyboardInterrupt):
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
+    def __reduce__(self) -> tuple[type, tuple[int]]:  # crosses process boundaries (launchers' workers)
+        return (RunInterrupted, (self.signum,))
+
 
 class TrainingDiverged(RLRunError):
     exit_code = 1
@@ -37,6 +40,7 @@ class DiskFull(RLRunError):
     exit_code = 1
 
     def __init__(self, run_dir: Path):
+        self.run_dir = run_dir
         steps = sorted(_checkpoint_steps(run_dir))
         kept = (
             f"its newest complete checkpoint (env step {steps[-1]:,}) is kept, and `rlrun train "
@@ -48,6 +52,9 @@ class DiskFull(RLRunError):
             f"The disk holding {run_dir} is full ({free:,} bytes free): the run stopped, and what it "
             f"could not write is lost; {kept}. No temporary files are left behind."
         )
+
+    def __reduce__(self) -> tuple[type, tuple[Path]]:  # crosses process boundaries (launchers' workers)
+        return (DiskFull, (self.run_dir,))
 
 
 def disk_full(error: BaseException) -> bool:

@@ -162,6 +162,7 @@ class ActorCritic(nn.Module):
             )
         obs_dim = observation_space.shape[0]
         self.num_runs = len(generators)
+        self.obs_shape = observation_space.shape
         self.actor = Actor(obs_dim, action_space, config, generators)
         self.critic = mlp(obs_dim, config.hidden_sizes, 1, config.activation, 1.0, generators) if with_critic else None
 

@@ -170,6 +170,12 @@ class Run:
     def done(self) -> bool:
         return self.global_step >= self.config.total_timesteps or self.target_reached()
 
+    def evaluation_due(self) -> bool:
+        return bool(self.config.eval_interval) and self.global_step >= self.next_eval_step and not self.done()
+
+    def schedule_next_evaluation(self) -> None:
+        self.next_eval_step = (self.global_step // self.config.eval_interval + 1) * self.config.eval_interval
+
     def fail(self, error: Exception) -> None:
         """End the run as failed, `error` recorded in its summary (everything else kept)."""
         self.active = False
@@ -297,7 +303,7 @@ class Trainer:
         console = self.console if i == 0 else Console(quiet=True)
         run.tracker = trackers.enter_context(RunTracker(run.run_dir, run.config.total_timesteps, console, run.start_step))
         if run.done():
-            self.complete(i)
+            self.complete([i])
 
     def announce(self, run: Run) -> None:
         config, done = run.config, run.global_step
@@ -323,6 +329,15 @@ class Trainer:
         stats["learning_rate"] = lrs
         for i in np.flatnonzero(active):
             self.after_update(i, episodes[i], {key: value[i].item() for key, value in stats.items()})
+        due = [i for i in self.active_indices() if self.runs[i].evaluation_due()]
+        self.evaluate_and_log(due)
+        for i in due:
+            self.runs[i].schedule_next_evaluation()
+        self.complete([i for i in self.active_indices() if self.runs[i].done()])
+        for i in self.active_indices():
+            interval = self.runs[i].config.checkpoint_interval
+            if interval and self.runs[i].updates % interval == 0:
+                self.save(i)
 
     def update(self) -> dict[str, torch.Tensor]:
         advantages, returns = self.algo.advantages(self.rollout)
@@ -356,13 +371,6 @@ class Trainer:
             scalars["rollout/recent_return"] = recent
         run.tracker.scalars(scalars, run.global_step)
         run.tracker.advance(run.global_step, sps, recent, stats["kl"])
-        if config.eval_interval and run.global_step >= run.next_eval_step and not run.done():
-            self.evaluate_and_log(i)
-            run.next_eval_step = (run.global_step // config.eval_interval + 1) * config.eval_interval
-        if run.done():
-            self.complete(i)
-        elif config.checkpoint_interval and run.updates % config.checkpoint_interval == 0:
-            self.save(i)
 
     def run_parameters(self, i: int) -> dict[str, torch.Tensor]:
         return {name: param[i] for name, param in self.policy.named_parameters()}
@@ -377,31 +385,31 @@ class Trainer:
             f"{', '.join(bad[:5])}; {kept}. A smaller algo.lr or algo.max_grad_norm usually helps."
         )
 
-    def complete(self, i: int) -> None:
-        """Run `i` has its steps or its target: final evaluation, checkpoint, summary, report."""
-        run = self.runs[i]
-        eval_returns = self.evaluate_and_log(i)
-        self.save(i)
-        summary = self.finish(i, "completed", eval_returns)
-        run.tracker.hparams(run.resolved_config, run.choices, {"eval/episodic_return": summary["eval_return_mean"]})
-        run.result = summary["eval_return_mean"]
-        self.report(run, summary)
+    def complete(self, indices: list[int]) -> None:
+        """These runs have their steps or their target: final evaluation, checkpoint, summary, report."""
+        eval_returns = self.evaluate_and_log(indices)
+        for i in indices:
+            run = self.runs[i]
+            self.save(i)
+            summary = self.finish(i, "completed", eval_returns.get(i, np.array([])))
+            run.tracker.hparams(run.resolved_config, run.choices, {"eval/episodic_return": summary["eval_return_mean"]})
+            run.result = summary["eval_return_mean"]
+            self.report(run, summary)
 
-    def evaluate_and_log(self, i: int) -> np.ndarray:
-        run = self.runs[i]
-        if run.config.eval_episodes == 0:
-            return np.array([])
-        policy = ActorCritic(
-            self.collector.envs[i].single_observation_space, self.collector.envs[i].single_action_space,
-            run.config.policy, self.policy.critic is not None, [torch.Generator()],
-        )
-        policy.load_run_state_dict(0, self.policy.run_state_dict(i))
+    def evaluate_and_log(self, indices: list[int]) -> dict[int, np.ndarray]:
+        """Evaluate these runs, side by side; their returns by run index."""
+        config = self.runs[0].config  # eval_episodes and the env are the same in every run of a group
+        if not indices or config.eval_episodes == 0:
+            return {}
         returns = evaluate(
-            policy, run.config.env, run.config.eval_episodes, run.config.seed + EVAL_SEED_OFFSET,
-            obs_stats=normalizer_stats(self.collector.envs[i]).get("obs"),
+            self.policy, config.env, config.eval_episodes,
+            seeds={i: self.runs[i].config.seed + EVAL_SEED_OFFSET for i in indices},
+            obs_stats={i: normalizer_stats(self.collector.envs[i]).get("obs") for i in indices},
         )
-        run.tracker.scalars({"eval/episodic_return": float(returns.mean())}, run.global_step)
-        log.info("%s step %d: eval return %.1f +- %.1f", run.run_dir, run.global_step, returns.mean(), returns.std())
+        for i, run_returns in returns.items():
+            run = self.runs[i]
+            run.tracker.scalars({"eval/episodic_return": float(run_returns.mean())}, run.global_step)
+            log.info("%s step %d: eval return %.1f +- %.1f", run.run_dir, run.global_step, run_returns.mean(), run_returns.std())
         return returns
 
     def save(self, i: int) -> None:
