@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from helpers import RLRUN, TINY, compose_config, read_summary, run_rlrun
 from rlrun import cli
-from rlrun.grouping import describe, group_jobs, group_key, group_values, swept_values
+from rlrun.grouping import describe, group_jobs, group_key, group_values, spread, swept_values
 
 BATCHED = ["-m", "hydra/launcher=batched"]
 
@@ -68,6 +68,13 @@ def test_groups_keep_the_sweeps_order_and_split_at_the_size_limit():
     assert group_jobs(["a"] * 4, 64) == [[0, 1, 2, 3]]
 
 
+def test_fewer_groups_than_workers_are_halved_until_every_worker_has_one():
+    assert spread([[0, 1, 2, 3, 4]], 2) == [[0, 1, 2], [3, 4]]
+    assert spread([[0, 1, 2, 3], [4, 5]], 4) == [[0], [1], [2, 3], [4, 5]]
+    assert spread([[0], [1]], 8) == [[0], [1]]  # nothing left to halve
+    assert spread([[0, 1], [2, 3]], 2) == [[0, 1], [2, 3]]
+
+
 def test_the_grouping_is_described_by_the_keys_that_split_it():
     overrides = [[f"seed={seed}", f"algo={algo}", "total_timesteps=256"] for seed in (1, 2, 3) for algo in ("ppo_clip", "ppo_kl")]
     swept = swept_values(overrides)
@@ -96,6 +103,15 @@ def test_a_batched_sweep_trains_each_group_in_one_process_into_ordinary_runs(tmp
     for run in (path for path in sweep_dir.iterdir() if path.is_dir()):
         assert (run / ".hydra" / "config.yaml").is_file() and (run / "checkpoint.pt").is_file()
         assert list((run / "tb").glob("events.out.tfevents.*")) and (run / "train.log").read_text()
+        assert read_summary(run)["group_size"] == 3
+    # A run of the batched sweep continues alone, with the configuration its group gave it.
+    run = next(path for path in sweep_dir.iterdir() if path.name.startswith("3_"))
+    before = read_summary(run)["env_steps"]
+    resumed = CliRunner().invoke(cli.app, ["train", f"resume={run}", "total_timesteps=1024"])
+    assert resumed.exit_code == 0, resumed.output
+    summary = read_summary(run)
+    assert summary["status"] == "completed" and summary["env_steps"] >= 1024 > before and summary["group_size"] == 1
+    assert summary["seed"] == 2 and summary["algo"] == "ppo_kl"
 
 
 def test_a_job_refused_by_its_config_fails_alone_and_each_job_resolves_its_own_config(tmp_path):
