@@ -102,9 +102,11 @@ class Adam:
         steps += moves
         exp_avg.lerp_(grad, (1 - beta1) * moves)
         exp_avg_sq.mul_(1 + (beta2 - 1) * moves).addcmul_(grad, grad * moves, value=1 - beta2)
-        counted = steps.clamp(min=1)  # a run that never stepped: bias corrections of step 1, times 0
-        step_size = self.lr.unsqueeze(1) * moves / (1 - beta1**counted)
-        denom = (exp_avg_sq.sqrt() / (1 - beta2**counted).sqrt()).add_(self.eps)
+        # Bias corrections in float64, as torch computes them (in Python floats): 0.999 ** t
+        # in float32 is off by 1e-5 relative. A run that never stepped: those of step 1, times 0.
+        counted = steps.clamp(min=1).double()
+        step_size = (self.lr.unsqueeze(1).double() * moves / (1 - beta1**counted)).float()
+        denom = (exp_avg_sq.sqrt() / (1 - beta2**counted).sqrt().float()).add_(self.eps)
         param.sub_(exp_avg / denom * step_size)
 
     def run_state_dict(self, run: int) -> dict[str, Any]:

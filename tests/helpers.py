@@ -90,3 +90,38 @@ def tb_events(run_dir: Path):
     events = EventAccumulator(str(Path(run_dir) / "tb"))
     events.Reload()
     return events
+
+
+def group_trainer(root: Path, *overrides: str, runs: list[list[str]] | None = None):
+    """A `Trainer` for a group of runs built as `train_group` builds one (without starting
+    it): run i composed from `overrides` then `runs[i]` (one run with no extra overrides by
+    default), its run directory root / f"run{i}". The runs' extra overrides may differ only in
+    batchable keys (rlrun.grouping)."""
+    from omegaconf import OmegaConf
+
+    from rlrun.trainer import Run, Trainer
+
+    group = []
+    for i, extra in enumerate(runs or [[]]):
+        cfg = compose_config(*overrides, *extra)
+        run_dir = Path(root) / f"run{i}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+        group.append(Run(i, to_object(cfg), resolved, run_dir, {}, None))
+    return Trainer(group)
+
+
+def collect(trainer, active=None):
+    """One collection of every run of `trainer` (or of those `active`, a list of bools): the
+    runs' `Episodes`; the rollout is `trainer.rollout`."""
+    import numpy as np
+
+    active = np.ones(len(trainer.runs), dtype=bool) if active is None else np.asarray(active, dtype=bool)
+    return trainer.collector.collect(trainer.policy, trainer.rollout, active, trainer.generators)
+
+
+def generators(*seeds: int) -> list:
+    """One seeded torch.Generator per run."""
+    import torch
+
+    return [torch.Generator().manual_seed(seed) for seed in seeds]

@@ -48,12 +48,22 @@ def test_train_writes_a_complete_run_directory(cli_run):
     assert (run_dir / "checkpoint.prev.pt").is_file()  # the checkpoint of the update before, kept
     assert (run_dir / "envs.snapshot").is_file()  # classic control: the exact environments, signed
     assert "optimizer" in checkpoint["algo"]
+    # a run trained alone is a group of one; its checkpoint holds an ordinary network's shapes
+    # (no run dimension), its Adam state one entry per parameter in those shapes
+    assert summary["group_size"] == 1
+    policy, optimizer = checkpoint["policy"], checkpoint["algo"]["optimizer"]
+    (hidden,) = resolved.policy.hidden_sizes
+    assert policy["actor.body.0.weight"].shape == (hidden, 4) and policy["critic.2.bias"].shape == (1,)
+    params = [tensor for name, tensor in policy.items() if name.startswith(("actor.body.", "critic."))]
+    assert [m.shape for m in optimizer["exp_avgs"]] == [m.shape for m in optimizer["exp_avg_sqs"]] == [p.shape for p in params]
     assert checkpoint["config"]["algo"]["clip_eps"] == 0.2
 
     events = tb_events(run_dir)
     assert REQUIRED_TAGS <= set(events.Tags()["scalars"])
     kl_steps = [e.step for e in events.Scalars("train/kl")]
     assert len(kl_steps) == summary["updates"] and kl_steps == sorted(set(kl_steps)) and kl_steps[-1] == summary["env_steps"]
+    epochs = sum(e.value for e in events.Scalars("train/epochs"))  # target_kl may cut an update short
+    assert optimizer["steps"] == [epochs * resolved.algo.num_minibatches] * len(params)  # one per minibatch
     hparams = events.PluginTagToContent("hparams")
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= hparams.keys()
     assert b"algo.clip_eps" in hparams["_hparams_/session_start_info"]

@@ -8,11 +8,10 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 from torch.distributions import Normal
 from typer.testing import CliRunner
 
-from helpers import ALGOS, compose_config, read_summary, small_overrides, tb_events
+from helpers import ALGOS, collect, compose_config, generators, group_trainer, read_summary, small_overrides, tb_events
 from rlrun.algos import ALGORITHMS
 from rlrun.checkpoint import load_checkpoint
 from rlrun.cli import app
@@ -21,7 +20,7 @@ from rlrun.envs import normalizer_stats, running_stats
 from rlrun.errors import RLRunError
 from rlrun.policies import CategoricalHead, GaussianHead
 from rlrun.lifecycle import StopSignals
-from rlrun.trainer import Trainer, train
+from rlrun.trainer import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ENVS = sorted(p.stem for p in (CONFIGS / "env").glob("*.yaml"))
@@ -63,41 +62,55 @@ def test_every_env_runs_with_every_algorithm_and_logs_its_diagnostics(tmp_path, 
 
 
 def test_gaussian_head_matches_torch_distributions():
+    """For each run of a group, with its own log sigma (-0.5 and 0.3)."""
     space = gym.spaces.Box(-2.0, 2.0, (2,))
-    head = GaussianHead(space, log_std_init=-0.5)
-    mean = torch.tensor([[0.3, -1.0]])
+    head = GaussianHead(space, log_std_init=-0.5, num_runs=2)
+    with torch.no_grad():
+        head.log_std[1] = 0.3
+    mean = torch.tensor([[[0.3, -1.0]], [[0.5, 1.2]]])  # (R, B, size)
     dist = head.distribution(head(mean))
-    reference = Normal(mean, torch.full_like(mean, np.exp(-0.5)))
-    action = torch.tensor([[1.5, 0.2]])
-    assert torch.allclose(dist.log_prob(action), reference.log_prob(action).sum(-1))
-    assert torch.allclose(dist.entropy(), reference.entropy().sum(-1))
-    # by hand: log N(x; mu, s) = -(x - mu)^2 / (2 s^2) - log s - log(2 pi) / 2
-    s = np.exp(-0.5)
-    by_hand = sum(-((x - m) ** 2) / (2 * s * s) - np.log(s) - 0.5 * np.log(2 * np.pi) for x, m in [(1.5, 0.3), (0.2, -1.0)])
-    assert dist.log_prob(action).item() == pytest.approx(by_hand, rel=1e-5)
+    action = torch.tensor([[[1.5, 0.2]], [[-0.4, 0.9]]])
+    for run, log_std in enumerate((-0.5, 0.3)):
+        reference = Normal(mean[run], torch.full_like(mean[run], np.exp(log_std)))
+        assert torch.allclose(dist.log_prob(action)[run], reference.log_prob(action[run]).sum(-1))
+        assert torch.allclose(dist.entropy()[run], reference.entropy().sum(-1))
+        # by hand: log N(x; mu, s) = -(x - mu)^2 / (2 s^2) - log s - log(2 pi) / 2
+        s = np.exp(log_std)
+        by_hand = sum(
+            -((x - m) ** 2) / (2 * s * s) - np.log(s) - 0.5 * np.log(2 * np.pi) for x, m in zip(action[run, 0].tolist(), mean[run, 0].tolist())
+        )
+        assert dist.log_prob(action)[run].item() == pytest.approx(by_hand, rel=1e-5)
     assert torch.equal(dist.mode, mean)
+    # a group of one: run 0's numbers
+    alone = GaussianHead(space, log_std_init=-0.5, num_runs=1)
+    assert torch.equal(alone.distribution(alone(mean[:1])).log_prob(action[:1]), dist.log_prob(action)[:1])
 
 
 def test_categorical_head_samples_its_own_distribution():
     """Acting samples by Gumbel-max, not through torch.distributions: the frequencies of
-    200k draws must match softmax(logits)."""
-    torch.manual_seed(0)
+    200k draws must match softmax(logits), for each run of a group from its own generator,
+    and run r's draws are the ones its generator gives it alone."""
     draws = 200_000
     head = CategoricalHead(gym.spaces.Discrete(3))
-    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]])
-    actions = head.sample(logits.repeat(draws, 1, 1))
-    assert actions.shape == (draws, 2) and actions.dtype == head.action_dtype
-    for row in range(2):
-        frequencies = torch.bincount(actions[:, row], minlength=3) / draws
-        assert torch.allclose(frequencies, logits[row].softmax(-1), atol=4e-3), frequencies  # > 3.5 sd
+    logits = torch.tensor([[[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]], [[-1.0, 0.5, 3.0], [1.0, 0.0, 1.0]]])  # (R, 2 states, 3)
+    params = logits.unsqueeze(1).repeat(1, draws, 1, 1)  # (R, draws, 2, 3)
+    actions = head.sample(params, generators(0, 1))
+    assert actions.shape == (2, draws, 2) and actions.dtype == head.action_dtype
+    for run in range(2):
+        for row in range(2):
+            frequencies = torch.bincount(actions[run, :, row], minlength=3) / draws
+            assert torch.allclose(frequencies, logits[run, row].softmax(-1), atol=4e-3), frequencies  # > 3.5 sd
+        assert torch.equal(head.sample(params[run:run + 1], generators(run)), actions[run:run + 1])
 
 
 def test_clipping_for_the_env_leaves_stored_actions_and_log_probs_alone(tmp_path):
-    cfg = compose_config("env=Pendulum-v1", "policy.log_std_init=1.5", "env.num_envs=2", "algo.rollout_steps=64")
-    trainer = Trainer(to_object(cfg), {}, tmp_path)
-    trainer.collector.collect(trainer.policy, trainer.rollout)
+    trainer = group_trainer(
+        tmp_path, "env=Pendulum-v1", "policy.log_std_init=1.5", "env.num_envs=2", "algo.rollout_steps=64", runs=[["seed=1"], ["seed=2"]],
+    )
+    collect(trainer)
     rollout, policy = trainer.rollout, trainer.policy
-    assert (rollout.actions.abs() > 2.0).any()  # sigma = e^1.5: many samples leave [-2, 2]
+    assert rollout.actions.shape == (2, 64, 2, 1)
+    assert (rollout.actions.abs() > 2.0).any(3).any(2).any(1).all()  # sigma = e^1.5: many samples leave [-2, 2], in each run
     assert (np.abs(policy.head.to_env(rollout.actions)) <= 2.0).all()
     with torch.no_grad():
         recomputed = policy.distribution(rollout.dist_params).log_prob(rollout.actions)
@@ -105,22 +118,28 @@ def test_clipping_for_the_env_leaves_stored_actions_and_log_probs_alone(tmp_path
 
 
 def test_normalisation_statistics_survive_a_checkpoint_and_reach_evaluation(tmp_path):
-    # One cheap epoch per update: the statistics, not the learning, are under test.
-    cfg = compose_config("env=Pendulum-v1", "algo.rollout_steps=256", "algo.epochs=1", "algo.num_minibatches=4", "total_timesteps=2048", "eval_episodes=2")
-    config = to_object(cfg)
-    trainer = Trainer(config, OmegaConf.to_container(cfg, resolve=True), tmp_path)
+    # One cheap epoch per update: the statistics, not the learning, are under test. Two runs
+    # (seeds 1 and 2): each keeps statistics of its own.
+    trainer = group_trainer(
+        tmp_path, "env=Pendulum-v1", "algo.rollout_steps=256", "algo.epochs=1", "algo.num_minibatches=4",
+        "total_timesteps=2048", "eval_episodes=2", runs=[["seed=1"], ["seed=2"]],
+    )
     trainer.run(StopSignals())
-    live = normalizer_stats(trainer.collector.envs)
-    saved = {name: running_stats(state) for name, state in load_checkpoint(tmp_path)["collector"]["normalizers"].items()}
-    assert set(saved) == {"obs", "return"}
-    for name in ("obs", "return"):
-        assert saved[name].count == live[name].count > 2000
-        assert np.array_equal(saved[name].mean, live[name].mean) and np.array_equal(saved[name].var, live[name].var)
-    assert not np.allclose(saved["obs"].mean, 0)
-    # `rlrun eval` rebuilds the policy and normaliser from the checkpoint: same numbers as the run's own evaluation
-    result = CliRunner().invoke(app, ["eval", str(tmp_path), "--episodes", "2", "--seed", str(config.seed + 1_000_000)])
-    summary_return = read_summary(tmp_path)["eval_return_mean"]
-    assert result.exit_code == 0 and f"return {summary_return:.2f}" in result.stdout
+    saved_runs = []
+    for run, envs in zip(trainer.runs, trainer.collector.envs):
+        live = normalizer_stats(envs)
+        saved = {name: running_stats(state) for name, state in load_checkpoint(run.run_dir)["collector"]["normalizers"].items()}
+        assert set(saved) == {"obs", "return"}
+        for name in ("obs", "return"):
+            assert saved[name].count == live[name].count > 2000
+            assert np.array_equal(saved[name].mean, live[name].mean) and np.array_equal(saved[name].var, live[name].var)
+        assert not np.allclose(saved["obs"].mean, 0)
+        saved_runs.append(saved)
+        # `rlrun eval` rebuilds the policy and normaliser from the checkpoint: same numbers as the run's own evaluation
+        result = CliRunner().invoke(app, ["eval", str(run.run_dir), "--episodes", "2", "--seed", str(run.config.seed + 1_000_000)])
+        summary_return = read_summary(run.run_dir)["eval_return_mean"]
+        assert result.exit_code == 0 and f"return {summary_return:.2f}" in result.stdout
+    assert not np.array_equal(saved_runs[0]["obs"].mean, saved_runs[1]["obs"].mean)
 
 
 @pytest.mark.parametrize("env, module, extra", [("Hopper-v5", "mujoco", "mujoco"), ("LunarLander-v3", "Box2D", "box2d")])
@@ -147,9 +166,13 @@ def test_tuned_presets_apply_to_their_pair_only():
 
 @pytest.mark.parametrize("mode", ["vector_entry_point", "sync", "async"])
 def test_every_vectorisation_mode_runs(tmp_path, mode):
-    cfg = compose_config(f"env.vectorization={mode}", "env.num_envs=2", "algo.rollout_steps=64", "total_timesteps=256", "eval_episodes=1")
-    trainer = Trainer(to_object(cfg), {}, tmp_path)
+    trainer = group_trainer(
+        tmp_path, f"env.vectorization={mode}", "env.num_envs=2", "algo.rollout_steps=64", "total_timesteps=256", "eval_episodes=1",
+        runs=[["seed=1"], ["seed=2"]],
+    )
     expected = {"vector_entry_point": "CartPoleVectorEnv", "sync": "SyncVectorEnv", "async": "AsyncVectorEnv"}[mode]
-    assert type(trainer.collector.envs.unwrapped).__name__ == expected
-    assert np.isfinite(trainer.run(StopSignals()))
-    assert read_summary(tmp_path)["status"] == "completed"
+    assert [type(envs.unwrapped).__name__ for envs in trainer.collector.envs] == [expected] * 2
+    trainer.run(StopSignals())
+    for run in trainer.runs:
+        assert np.isfinite(run.result)
+        assert read_summary(run.run_dir)["status"] == "completed"

@@ -4,6 +4,7 @@ Signals and a refused resume go through the real `rlrun` command; the rest runs 
 on copies of the session's one `rlrun train` run (the `cli_run` fixture)."""
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -12,12 +13,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from helpers import RLRUN, TINY, compose_config, read_summary, run_rlrun, tb_events
+from helpers import RLRUN, TINY, compose_config, group_trainer, read_summary, run_rlrun, tb_events
 from rlrun import cli, launch
-from rlrun.config import to_object
 from rlrun.errors import RLRunError
-from rlrun.lifecycle import TrainingDiverged
-from rlrun.trainer import Trainer, train
+from rlrun.lifecycle import StopSignals, TrainingDiverged, non_finite
+from rlrun.trainer import train
 
 # About a second of training (10 updates of 32 envs x 32 steps), checkpointed every 2 updates
 # and evaluated every 4096 steps.
@@ -184,19 +184,26 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(cli_run_copy):
 
 
 def test_divergence_stops_with_the_update_named_and_keeps_the_last_good_checkpoint(tmp_path):
-    config = to_object(compose_config("checkpoint_interval=1", "total_timesteps=100000"))
-    trainer = Trainer(config, {}, tmp_path)
-    from rlrun.tracking import RunTracker
+    trainer = group_trainer(tmp_path, "checkpoint_interval=1", "total_timesteps=100000")
+    run = trainer.runs[0]
+    learning_rate, good = trainer.algo.learning_rate, {}
 
-    with RunTracker(tmp_path, config.total_timesteps, trainer.console) as tracker:
-        for _ in range(2):
-            trainer.train_one_update(tracker, 0, time.perf_counter())
-        good = {name: p.clone() for name, p in trainer.policy.state_dict().items()}
-        config.algo.lr = 1e30  # a step this large overflows the weights
-        with pytest.raises(TrainingDiverged, match=r"at update 3 .* last good checkpoint \(env step \d+\) is kept"):
-            trainer.train_one_update(tracker, 0, time.perf_counter())
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert saved["updates"] == 2
-    assert all(torch.equal(saved["policy"][name], good[name]) for name in good)
-    trainer.save(0.0)  # refuses to overwrite it with non-finite weights
-    assert torch.load(tmp_path / "checkpoint.pt", weights_only=True)["updates"] == 2
+    def exploding_from_update_3(progress):
+        if run.updates < 2:
+            return learning_rate(progress)
+        good.update(trainer.policy.run_state_dict(0))  # the weights of update 2, checkpointed
+        return torch.full_like(progress, 1e30)  # a step this large overflows the weights
+
+    trainer.algo.learning_rate = exploding_from_update_3
+    trainer.run(StopSignals())  # the loop ends with its only run: it failed
+    assert isinstance(run.result, TrainingDiverged) and not run.active
+    assert re.search(r"at update 3 .* last good checkpoint \(env step \d+\) is kept", str(run.result)), run.result
+    summary = read_summary(run.run_dir)
+    assert summary["status"] == "failed" and "Training diverged at update 3" in summary["error"]
+    saved = torch.load(run.run_dir / "checkpoint.pt", weights_only=True)
+    assert saved["updates"] == 2 and f"env step {saved['global_step']})" in str(run.result)
+    assert good.keys() == saved["policy"].keys() and all(torch.equal(saved["policy"][name], good[name]) for name in good)
+    assert non_finite(trainer.run_parameters(0), {})
+    trainer.save(0)  # refuses to overwrite it with non-finite weights
+    assert torch.load(run.run_dir / "checkpoint.pt", weights_only=True)["updates"] == 2
+

@@ -123,4 +123,34 @@ def test_leave_one_out_baseline_counts_each_episode_once():
     # three whole episodes (one per column) of lengths 1, 2, 4 and returns R = 1, 2, 4
     valid = torch.tensor([[1, 1, 1], [0, 1, 1], [0, 0, 1], [0, 0, 1]], dtype=torch.bool)
     returns = torch.tensor([1.0, 2.0, 4.0]).expand(4, 3) * valid
-    assert leave_one_out_mean(returns, valid).tolist() == approx([3.0, 2.5, 1.5])
+    assert leave_one_out_mean(returns, valid).tolist() == [approx([3.0, 2.5, 1.5])]  # (1, N): one per episode
+    # a group of two runs, (R, T, N): each run's baseline from its own episodes only
+    other = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 0, 0]], dtype=torch.bool)
+    both = leave_one_out_mean(torch.stack([returns, torch.tensor([8.0, 2.0, 6.0]).expand(4, 3) * other]), torch.stack([valid, other]))
+    assert both.shape == (2, 1, 3)
+    assert both[0, 0].tolist() == approx([3.0, 2.5, 1.5]) and both[1, 0].tolist() == approx([4.0, 7.0, 5.0])
+
+
+def test_estimators_take_a_leading_run_dimension_with_a_gamma_and_lambda_per_run():
+    """(R, T, N) rollouts with (R, 1, 1) gammas and lambdas: run r's result is what its own
+    (T, N) rollout gives with its own floats."""
+    from rlrun.returns import episode_returns, reward_to_go
+
+    generator = torch.Generator().manual_seed(1)
+    runs = [(0.97, 0.95), (0.5, 0.0), (1.0, 1.0)]
+    rewards = torch.randn(3, 20, 4, generator=generator)
+    values = torch.randn(3, 20, 4, generator=generator)
+    next_value = torch.randn(3, 4, generator=generator)
+    dones = torch.rand(3, 20, 4, generator=generator) < 0.2
+    terminated = dones & (torch.rand(3, 20, 4, generator=generator) < 0.5)
+    gammas = torch.tensor([gamma for gamma, _ in runs]).view(-1, 1, 1)
+    lambdas = torch.tensor([lam for _, lam in runs]).view(-1, 1, 1)
+    advantages, returns = gae(rewards, values, next_value, terminated, dones, gammas, lambdas)
+    to_go, totals = reward_to_go(rewards, dones, gammas), episode_returns(rewards, dones, gammas)
+    for run, (gamma, lam) in enumerate(runs):
+        alone = gae(rewards[run], values[run], next_value[run], terminated[run], dones[run], gamma, lam)
+        assert torch.allclose(advantages[run], alone[0], atol=1e-6) and torch.allclose(returns[run], alone[1], atol=1e-6)
+        reference = _reference_gae(rewards[run], values[run], next_value[run], terminated[run], dones[run], gamma, lam)
+        assert torch.allclose(advantages[run], reference, atol=1e-5)
+        assert torch.allclose(to_go[run], reward_to_go(rewards[run], dones[run], gamma), atol=1e-6)
+        assert torch.allclose(totals[run], episode_returns(rewards[run], dones[run], gamma), atol=1e-6)
