@@ -96,9 +96,11 @@ def train_group(jobs: list[Job], signals: StopSignals | None = None) -> list[flo
         if runs:
             try:
                 trainer = Trainer(runs)
-            except RLRunError as err:
+            except Exception as err:  # the environments or the policy cannot be built
                 for run in runs:
                     run.fail(err)
+                if not isinstance(err, RLRunError):
+                    raise
             else:
                 trainer.run(signals)
         for run in runs:
@@ -161,7 +163,7 @@ class Run:
         self.start_step = 0
         self.tracker: RunTracker | None = None
         self.result: float | Exception | None = None
-        self.active = True
+        self.status = "running"  # then completed, failed or interrupted, as in summary.json
 
     def target_reached(self) -> bool:
         target = self.config.target_return
@@ -176,9 +178,13 @@ class Run:
     def schedule_next_evaluation(self) -> None:
         self.next_eval_step = (self.global_step // self.config.eval_interval + 1) * self.config.eval_interval
 
+    @property
+    def active(self) -> bool:
+        return self.status == "running"
+
     def fail(self, error: Exception) -> None:
         """End the run as failed, `error` recorded in its summary (everything else kept)."""
-        self.active = False
+        self.status = "failed"
         self.result = error
         record_failure(self.run_dir, error)
 
@@ -216,6 +222,7 @@ class Trainer:
         for i, run in enumerate(runs):
             if run.checkpoint is not None:
                 self.load_state_dict(i, run.checkpoint, load_env_snapshot(run.run_dir, run.checkpoint["global_step"]))
+                run.checkpoint = None  # loaded: its tensors need not stay in memory
         self.session_start_cpu = time.process_time()
 
     def state_dict(self, i: int) -> dict[str, Any]:
@@ -254,39 +261,44 @@ class Trainer:
 
     def run(self, signals: StopSignals) -> None:
         """Train until every run has ended; on a stop signal checkpoint the runs still going
-        and raise `RunInterrupted`."""
+        and raise `RunInterrupted`. A fault of the group (a full disk, say) fails the runs
+        still going, each with the error as its result."""
         self.start_time = time.perf_counter()
-        with ExitStack() as trackers:
-            for i, run in enumerate(self.runs):
-                self.start(i, trackers)
-            try:
-                while signals.received is None and any(run.active for run in self.runs):
-                    self.train_one_update()
-                if signals.received is None:
-                    return
-                for i in self.active_indices():
-                    self.save(i)
-                    self.finish(i, "interrupted", np.array([]))
-            except KeyboardInterrupt:  # a second Ctrl-C: keep the last checkpoints as they are
-                for i in self.active_indices():
-                    self.finish(i, "interrupted", np.array([]))
+        try:
+            with ExitStack() as trackers:  # on an error their files close without masking it
+                for i in range(len(self.runs)):
+                    self.start(i, trackers)
+                self.loop(signals)
+        except RLRunError:
+            return
+        if signals.received is not None:
+            for run in self.runs:
+                if run.status == "interrupted":
+                    self.console.print(
+                        f"[bold yellow]interrupted[/] at env step {run.global_step:,}: checkpoint and summary saved in "
+                        f"{run.run_dir}; continue with: rlrun train resume={run.run_dir}", highlight=False, soft_wrap=True,
+                    )
+            raise RunInterrupted(signals.received)
+
+    def loop(self, signals: StopSignals) -> None:
+        try:
+            while signals.received is None and any(run.active for run in self.runs):
+                self.train_one_update()
+            for i in self.active_indices():  # stopped by a signal
+                self.save(i)
+                self.finish(i, "interrupted", np.array([]))
+        except KeyboardInterrupt:  # a second Ctrl-C: keep the last checkpoints as they are
+            for i in self.active_indices():
+                self.finish(i, "interrupted", np.array([]))
+            raise
+        except Exception as err:
+            failure = DiskFull(self.runs[0].run_dir) if disk_full(err) else err
+            for i in self.active_indices():
+                self.finish(i, "failed", np.array([]))
+                self.runs[i].fail(failure)
+            if failure is err:
                 raise
-            except Exception as err:
-                if disk_full(err):
-                    err = DiskFull(self.runs[0].run_dir)
-                for i in self.active_indices():
-                    self.finish(i, "failed", np.array([]))
-                    self.runs[i].fail(err)
-                if isinstance(err, RLRunError):
-                    return
-                raise
-        for run in self.runs:
-            if run.result is None:
-                self.console.print(
-                    f"[bold yellow]interrupted[/] at env step {run.global_step:,}: checkpoint and summary saved in "
-                    f"{run.run_dir}; continue with: rlrun train resume={run.run_dir}", highlight=False, soft_wrap=True,
-                )
-        raise RunInterrupted(signals.received)
+            raise failure from None
 
     def active_indices(self) -> list[int]:
         return [i for i, run in enumerate(self.runs) if run.active]
@@ -350,8 +362,8 @@ class Trainer:
         return stats
 
     def after_update(self, i: int, episodes: Episodes, stats: dict[str, float]) -> None:
-        """Run `i`'s bookkeeping after an update: count, check, log, evaluate, checkpoint, end."""
-        run, config = self.runs[i], self.runs[i].config
+        """Run `i`'s bookkeeping after an update: count, check for divergence, log."""
+        run = self.runs[i]
         run.global_step += episodes.steps
         run.recent_returns.extend(episodes.returns)
         run.updates += 1
@@ -428,7 +440,7 @@ class Trainer:
     def finish(self, i: int, status: str, eval_returns: np.ndarray) -> dict[str, Any]:
         """Write run `i`'s summary.json and close its environments; it takes no further part."""
         run = self.runs[i]
-        run.active = False
+        run.status = status
         self.collector.close(i)
         wall_seconds = run.wall_seconds + time.perf_counter() - self.start_time
         summary = {

@@ -71,6 +71,11 @@ class BatchedLauncher(Launcher):
         self.task_function: Optional[TaskFunction] = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        from rlrun.batched_launcher import ComposedOnce
+
+        # The sweeper shares this context: its check of every job's config and the grouping here
+        # then compose each job once between them.
+        hydra_context.config_loader = ComposedOnce(hydra_context.config_loader)
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
