@@ -153,19 +153,16 @@ def main() -> None:
     parser.add_argument("--only", default=",".join(WORKLOADS), help="comma-separated workloads")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    lines = [
-        "## Batched sweeps",
-        "",
-        f"Machine: {platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} cores, CPU only. "
-        f"Produced by `python scripts/batched_bench.py --only {args.only} --repeats {args.repeats}`; "
-        "every process runs with torch_threads=1, the batched launcher with its defaults.",
-        "",
-    ]
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only.split(","):
-            lines += WORKLOADS[name](Path(tmp), args.repeats)
-            print("\n".join(lines))
-    write_section("batched", lines)
+            lines = WORKLOADS[name](Path(tmp), args.repeats)
+            lines[1:1] = [
+                "",
+                f"Machine: {platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} cores, CPU only. "
+                f"Produced by `python scripts/batched_bench.py --only {name} --repeats {args.repeats}`; every process "
+                "runs with torch_threads=1, the batched launcher with its defaults.",
+            ]
+            print(write_section(f"batched-{name}", lines))
 
 
 if __name__ == "__main__":
