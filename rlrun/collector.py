@@ -76,7 +76,7 @@ class Collector:
         with torch.inference_mode():
             for t in range(rollout.steps):
                 dist_params = policy.actor(self.obs)
-                actions = policy.head.sample(dist_params, generators)
+                actions = policy.head.sample(dist_params, generators, acting)
                 rollout.obs[:, t] = self.obs
                 rollout.actions[:, t] = actions
                 rollout.dist_params[:, t] = dist_params

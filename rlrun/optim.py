@@ -99,6 +99,8 @@ class Adam:
     def _adam(self, param, grad, exp_avg, exp_avg_sq, steps, moves) -> None:
         """One step where `moves` is 1, none (bit for bit: every update is scaled by 0) where 0."""
         beta1, beta2 = self.betas
+        # Scaled by 0 below, a still run's gradient must be finite to leave it exactly as it is.
+        grad = torch.where(moves > 0, grad, 0.0)
         steps += moves
         exp_avg.lerp_(grad, (1 - beta1) * moves)
         exp_avg_sq.mul_(1 + (beta2 - 1) * moves).addcmul_(grad, grad * moves, value=1 - beta2)

@@ -51,6 +51,16 @@ def mlp(in_dim: int, hidden_sizes: list[int], out_dim: int, activation: str, out
     return nn.Sequential(*layers)
 
 
+def per_run_draws(like: torch.Tensor, generators: list[torch.Generator], runs: list[int], draw: str, fill: float) -> torch.Tensor:
+    """A tensor shaped as `like`, row r filled by the in-place sampler `draw` (e.g. "normal_")
+    from `generators[r]` for each r in `runs`, `fill` elsewhere: a run's random stream advances
+    only when it acts, exactly as it would alone, whatever the other runs of its group do."""
+    draws = torch.full_like(like, fill)
+    for run in runs:
+        getattr(draws[run], draw)(generator=generators[run])
+    return draws
+
+
 class CategoricalHead(nn.Module):
     """Discrete actions: the network's outputs are the logits."""
 
@@ -67,15 +77,14 @@ class CategoricalHead(nn.Module):
     def distribution(self, params: torch.Tensor) -> Distribution:
         return Categorical(logits=params)
 
-    def sample(self, params: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
+    def sample(self, params: torch.Tensor, generators: list[torch.Generator], runs: list[int]) -> torch.Tensor:
         """The Gumbel-max trick: argmax(logits + G), G = -log E with E ~ Exp(1) per logit, is
         distributed as Categorical(logits) (jax.random.categorical samples so), in a few
         tensor ops instead of building a distribution object every step. Torch's one-sample
         multinomial takes argmax(p / E) of the same Exp(1) draws, so for one generator state
-        the actions are the ones it would pick. Run r draws from `generators[r]`."""
-        draws = torch.empty_like(params)
-        for run_draws, generator in zip(draws, generators):
-            run_draws.exponential_(generator=generator)
+        the actions are the ones it would pick. Only the `runs` that act draw, run r from
+        `generators[r]`; the others get the most likely action."""
+        draws = per_run_draws(params, generators, runs, "exponential_", fill=1.0)
         return (params - draws.log_()).argmax(-1)
 
     def to_env(self, actions: torch.Tensor) -> np.ndarray:
@@ -110,13 +119,11 @@ class GaussianHead(nn.Module):
         mean, log_std = params.chunk(2, dim=-1)
         return Independent(Normal(mean, log_std.exp()), 1)
 
-    def sample(self, params: torch.Tensor, generators: list[torch.Generator]) -> torch.Tensor:
-        """mean + sigma * N(0, 1) draws, run r's from `generators[r]`."""
+    def sample(self, params: torch.Tensor, generators: list[torch.Generator], runs: list[int]) -> torch.Tensor:
+        """mean + sigma * N(0, 1) draws for the `runs` that act, run r's from `generators[r]`;
+        the mean for the others."""
         mean, log_std = params.chunk(2, dim=-1)
-        noise = torch.empty_like(mean)
-        for run_noise, generator in zip(noise, generators):
-            run_noise.normal_(generator=generator)
-        return mean + log_std.exp() * noise
+        return mean + log_std.exp() * per_run_draws(mean, generators, runs, "normal_", fill=0.0)
 
     def to_env(self, actions: torch.Tensor) -> np.ndarray:
         return actions.clamp(self.low, self.high).numpy()
@@ -196,4 +203,7 @@ class ActorCritic(nn.Module):
             raise RuntimeError(f"keys differ: missing {sorted(set(own) - set(state))}, unexpected {sorted(set(state) - set(own))}")
         with torch.no_grad():
             for name, value in state.items():
-                (own[name][run] if name in parameters else own[name]).copy_(value)
+                slot = own[name][run] if name in parameters else own[name]
+                if slot.shape != value.shape:  # copy_ would broadcast a smaller tensor
+                    raise RuntimeError(f"{name}: the checkpoint holds shape {tuple(value.shape)}, this network {tuple(slot.shape)}")
+                slot.copy_(value)

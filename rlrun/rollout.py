@@ -29,13 +29,14 @@ class Batch:
         """Each run's mean of (R, B) `values` over its transitions, (R,)."""
         return (values * self.mask).sum(1) / self.mask.sum(1).clamp(min=1)
 
-    def minibatches(self, num_minibatches: int, generators: list[torch.Generator]) -> Iterator[Batch]:
+    def minibatches(self, num_minibatches: int, generators: list[torch.Generator], drawing: torch.Tensor) -> Iterator[Batch]:
         """Each run's transitions in a random order (from its own generator), cut into
         `num_minibatches` near-equal parts; minibatch k holds part k of every run, padded with
-        masked slots to the largest. Fewer parts when no run has that many transitions."""
+        masked slots to the largest. Fewer parts when no run has that many transitions. Runs
+        not `drawing` (bool, (R,)) take no part and leave their generators alone."""
         parts = []
-        for run_mask, generator in zip(self.mask, generators):
-            real = run_mask.nonzero().squeeze(1)
+        for run_mask, generator, draws in zip(self.mask, generators, drawing.tolist()):
+            real = run_mask.nonzero().squeeze(1) if draws else run_mask.new_zeros(0, dtype=torch.long)
             parts.append(real[torch.randperm(len(real), generator=generator)].tensor_split(num_minibatches))
         rows = torch.arange(len(parts)).unsqueeze(1)
         for k in range(num_minibatches):

@@ -91,18 +91,19 @@ def train_group(jobs: list[Job], signals: StopSignals | None = None) -> list[flo
                 runs.append(_prepare(job, index, stack))
             except RLRunError as err:
                 results[index] = err
+            except OSError as err:
+                if not disk_full(err):
+                    raise
+                results[index] = DiskFull(job.run_dir)
         if len(runs) > 1:
             _check_one_group([jobs[run.index].cfg for run in runs])
-        if runs:
-            try:
-                trainer = Trainer(runs)
-            except Exception as err:  # the environments or the policy cannot be built
-                for run in runs:
+        try:
+            if runs:
+                Trainer(runs).run(signals)
+        except Exception as err:  # a fault of the whole group: each run still going fails with it
+            for run in runs:
+                if run.active:
                     run.fail(err)
-                if not isinstance(err, RLRunError):
-                    raise
-            else:
-                trainer.run(signals)
         for run in runs:
             results[run.index] = run.result
     return results
@@ -183,7 +184,8 @@ class Run:
         return self.status == "running"
 
     def fail(self, error: Exception) -> None:
-        """End the run as failed, `error` recorded in its summary (everything else kept)."""
+        """End the run, before its training started, as failed: `error` recorded in its
+        summary (everything else kept)."""
         self.status = "failed"
         self.result = error
         record_failure(self.run_dir, error)
@@ -221,7 +223,10 @@ class Trainer:
         )
         for i, run in enumerate(runs):
             if run.checkpoint is not None:
-                self.load_state_dict(i, run.checkpoint, load_env_snapshot(run.run_dir, run.checkpoint["global_step"]))
+                try:
+                    self.load_state_dict(i, run.checkpoint, load_env_snapshot(run.run_dir, run.checkpoint["global_step"]))
+                except RLRunError as err:  # this run cannot continue; the group's others can
+                    run.fail(err)
                 run.checkpoint = None  # loaded: its tensors need not stay in memory
         self.session_start_cpu = time.process_time()
 
@@ -261,16 +266,11 @@ class Trainer:
 
     def run(self, signals: StopSignals) -> None:
         """Train until every run has ended; on a stop signal checkpoint the runs still going
-        and raise `RunInterrupted`. A fault of the group (a full disk, say) fails the runs
-        still going, each with the error as its result."""
+        and raise `RunInterrupted`. A fault of the group (a full disk, a bug) ends the runs
+        still going as failed, each with the error as its result, and is raised."""
         self.start_time = time.perf_counter()
-        try:
-            with ExitStack() as trackers:  # on an error their files close without masking it
-                for i in range(len(self.runs)):
-                    self.start(i, trackers)
-                self.loop(signals)
-        except RLRunError:
-            return
+        with ExitStack() as trackers:  # on an error their files close without masking it
+            self.loop(signals, trackers)
         if signals.received is not None:
             for run in self.runs:
                 if run.status == "interrupted":
@@ -280,25 +280,23 @@ class Trainer:
                     )
             raise RunInterrupted(signals.received)
 
-    def loop(self, signals: StopSignals) -> None:
+    def loop(self, signals: StopSignals, trackers: ExitStack) -> None:
         try:
+            for i in self.active_indices():
+                self.start(i, trackers)
             while signals.received is None and any(run.active for run in self.runs):
                 self.train_one_update()
             for i in self.active_indices():  # stopped by a signal
                 self.save(i)
-                self.finish(i, "interrupted", np.array([]))
+                self.finish(i, "interrupted")
         except KeyboardInterrupt:  # a second Ctrl-C: keep the last checkpoints as they are
             for i in self.active_indices():
-                self.finish(i, "interrupted", np.array([]))
+                self.finish(i, "interrupted")
             raise
         except Exception as err:
-            failure = DiskFull(self.runs[0].run_dir) if disk_full(err) else err
             for i in self.active_indices():
-                self.finish(i, "failed", np.array([]))
-                self.runs[i].fail(failure)
-            if failure is err:
-                raise
-            raise failure from None
+                self.finish(i, "failed", error=DiskFull(self.runs[i].run_dir) if disk_full(err) else err)
+            raise
 
     def active_indices(self) -> list[int]:
         return [i for i, run in enumerate(self.runs) if run.active]
@@ -369,8 +367,7 @@ class Trainer:
         run.updates += 1
         bad = non_finite(self.run_parameters(i), stats)
         if bad:
-            self.finish(i, "failed", np.array([]))
-            run.fail(self.diverged(run, bad))
+            self.finish(i, "failed", error=self.diverged(run, bad))
             return
         sps = (run.global_step - run.start_step) / (time.perf_counter() - self.start_time)
         scalars = {f"train/{key}": value for key, value in stats.items()}
@@ -403,7 +400,7 @@ class Trainer:
         for i in indices:
             run = self.runs[i]
             self.save(i)
-            summary = self.finish(i, "completed", eval_returns.get(i, np.array([])))
+            summary = self.finish(i, "completed", eval_returns.get(i))
             run.tracker.hparams(run.resolved_config, run.choices, {"eval/episodic_return": summary["eval_return_mean"]})
             run.result = summary["eval_return_mean"]
             self.report(run, summary)
@@ -437,10 +434,15 @@ class Trainer:
         among the group's runs."""
         return (time.process_time() - self.session_start_cpu) / len(self.runs)
 
-    def finish(self, i: int, status: str, eval_returns: np.ndarray) -> dict[str, Any]:
-        """Write run `i`'s summary.json and close its environments; it takes no further part."""
+    def finish(self, i: int, status: str, eval_returns: np.ndarray | None = None, error: Exception | None = None) -> dict[str, Any]:
+        """Write run `i`'s summary.json (with the `error` that failed it) and close its
+        environments; it takes no further part. A failure to write is left to the caller's
+        error: the run has ended either way."""
         run = self.runs[i]
         run.status = status
+        if error is not None:
+            run.result = error
+        eval_returns = np.array([]) if eval_returns is None else eval_returns
         self.collector.close(i)
         wall_seconds = run.wall_seconds + time.perf_counter() - self.start_time
         summary = {
@@ -461,7 +463,13 @@ class Trainer:
             "train_return_recent": float(np.mean(run.recent_returns)) if run.recent_returns else None,
             "target_reached": run.target_reached() if run.config.target_return is not None else None,
         }
-        write_summary(run.run_dir, summary)
+        if error is not None:
+            summary["error"] = str(error)
+        try:
+            write_summary(run.run_dir, summary)
+        except OSError:
+            if error is None:
+                raise
         return summary
 
     def report(self, run: Run, summary: dict[str, Any]) -> None:

@@ -78,7 +78,7 @@ def _update(*runs):
     obs = torch.stack([torch.randn(64, 3, generator=torch.Generator().manual_seed(seed)) for seed in seeds])
     with torch.no_grad():
         dist_params = policy.actor(obs)
-        actions = policy.head.sample(dist_params, generators(*(1000 + seed for seed in seeds)))
+        actions = policy.head.sample(dist_params, generators(*(1000 + seed for seed in seeds)), list(range(len(seeds))))
         log_probs = policy.distribution(dist_params).log_prob(actions)
     advantages = torch.stack([torch.randn(64, generator=torch.Generator().manual_seed(100 + seed)) for seed in seeds])
     zeros = torch.zeros(len(runs), 64)

@@ -53,6 +53,23 @@ def test_a_run_trained_in_a_group_is_the_run_trained_alone_up_to_rounding(tmp_pa
     assert different.abs().max() > 0.01  # each run its own initial weights
 
 
+@pytest.mark.parametrize("algo, alone_overrides, other_overrides", [
+    # whole episodes: the other run's episodes end at other steps than seed 2's
+    ("pg", ["env.num_envs=4", "total_timesteps=250"], ["env.num_envs=4", "total_timesteps=250"]),  # seed 2's end first
+    # seed 2 stops its epochs at once, the other run takes all of them
+    ("ppo_clip", ["algo.target_kl=1e-9", "total_timesteps=3000"], ["algo.target_kl=null", "total_timesteps=3000"]),
+], ids=["pg-whole-episodes", "ppo-clip-target-kl"])
+def test_a_run_draws_its_randomness_as_alone_whatever_its_group_does(tmp_path, algo, alone_overrides, other_overrides):
+    """Three updates of seed 2, alone and beside a run that acts or updates for a different
+    number of steps: the same weights up to rounding (a run's generator advances only for
+    what it does itself)."""
+    budget = [f"algo={algo}", "eval_episodes=0", "checkpoint_interval=0"]
+    group_dirs, _ = _group(tmp_path / "group", ("seed=1", *budget, *other_overrides), ("seed=2", *budget, *alone_overrides))
+    alone_dirs, _ = _group(tmp_path / "alone", ("seed=2", *budget, *alone_overrides))
+    assert read_summary(group_dirs[1])["updates"] == read_summary(alone_dirs[0])["updates"] >= 3
+    _assert_close_policies(_policy(group_dirs[1]), _policy(alone_dirs[0]), rtol=1e-4, atol=1e-5)
+
+
 def test_rerunning_a_group_gives_the_same_curves_and_weights(tmp_path):
     runs = [("seed=1", *SHORT), ("seed=2", "algo.target_kl=0.001", *SHORT)]
     first, _ = _group(tmp_path / "a", *runs)

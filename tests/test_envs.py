@@ -94,13 +94,13 @@ def test_categorical_head_samples_its_own_distribution():
     head = CategoricalHead(gym.spaces.Discrete(3))
     logits = torch.tensor([[[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]], [[-1.0, 0.5, 3.0], [1.0, 0.0, 1.0]]])  # (R, 2 states, 3)
     params = logits.unsqueeze(1).repeat(1, draws, 1, 1)  # (R, draws, 2, 3)
-    actions = head.sample(params, generators(0, 1))
+    actions = head.sample(params, generators(0, 1), [0, 1])
     assert actions.shape == (2, draws, 2) and actions.dtype == head.action_dtype
     for run in range(2):
         for row in range(2):
             frequencies = torch.bincount(actions[run, :, row], minlength=3) / draws
             assert torch.allclose(frequencies, logits[run, row].softmax(-1), atol=4e-3), frequencies  # > 3.5 sd
-        assert torch.equal(head.sample(params[run:run + 1], generators(run)), actions[run:run + 1])
+        assert torch.equal(head.sample(params[run:run + 1], generators(run), [0]), actions[run:run + 1])
 
 
 def test_clipping_for_the_env_leaves_stored_actions_and_log_probs_alone(tmp_path):

@@ -123,7 +123,7 @@ def _cartpole_batch(policy, size=64, ends_every=(8,), padding=(0,)):
     obs = torch.randn(runs, size, 4, generator=generator)
     with torch.no_grad():
         dist_params = policy.actor(obs)
-        actions = policy.head.sample(dist_params, generators(*range(runs)))
+        actions = policy.head.sample(dist_params, generators(*range(runs)), list(range(runs)))
         old_log_probs = policy.distribution(dist_params).log_prob(actions)
     dones = torch.zeros(runs, size, dtype=torch.bool)
     mask = torch.ones(runs, size)

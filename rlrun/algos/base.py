@@ -194,6 +194,9 @@ def score_function_variance(policy: ActorCritic, batch: Batch, advantages: torch
     variances = []
     for run, generator in enumerate(generators):
         real = batch.mask[run].nonzero().squeeze(1)
+        if len(real) < 2:  # a run that took no part in this batch: no variance to measure
+            variances.append(torch.tensor(math.nan))
+            continue
         index = real[torch.randperm(len(real), generator=generator)[:max_samples]]
         params = {name: p[run:run + 1].detach() for name, p in policy.actor.named_parameters()}
 

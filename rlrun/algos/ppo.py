@@ -100,7 +100,7 @@ class PPO(FixedRolloutAlgorithm):
         moves: list[torch.Tensor] = []  # per minibatch, 1 for the runs it stepped
         for _ in range(config.epochs):
             epoch_kl, epoch_steps = torch.zeros(len(updating)), torch.zeros(len(updating))
-            for minibatch in batch.minibatches(config.num_minibatches, self.generators):
+            for minibatch in batch.minibatches(config.num_minibatches, self.generators, updating):
                 moving = updating & (minibatch.mask.sum(1) > 0)
                 dist_params, values = self.policy(minibatch.obs)
                 dist = self.policy.distribution(dist_params)
