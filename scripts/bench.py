@@ -98,22 +98,28 @@ def sb3_worker(seed: int, stop: bool, budget: int, out: str) -> None:
 
 def limit() -> dict:
     """Per-update cost of the default PPO-clip loop's parts, measured in this process."""
+    import numpy as np
     import torch
     from hydra import compose, initialize_config_module
 
     from rlrun.algos import config_classes
     from rlrun.config import register_schemas, to_object
-    from rlrun.trainer import Trainer
+    from rlrun.trainer import Run, Trainer
 
     register_schemas(config_classes())
     with initialize_config_module(config_module="rlrun.configs", version_base="1.3"):
-        config = to_object(compose(config_name="config"))
+        cfg = compose(config_name="config")
+    config = to_object(cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(config, {}, Path(tmp))
+        trainer = Trainer([Run(0, config, {}, Path(tmp), {}, None)])  # a group of one, as `rlrun train` builds it
         collector, policy, rollout = trainer.collector, trainer.policy, trainer.rollout
-        envs, steps = collector.envs, rollout.steps
+        envs, steps, acting = collector.envs[0], rollout.steps, np.ones(1, dtype=bool)
+
+        def collect() -> None:
+            collector.collect(policy, rollout, acting, trainer.generators)
+
         for _ in range(20):
-            collector.collect(policy, rollout)
+            collect()
             trainer.update()
         actions = envs.action_space.sample()
         start = time.perf_counter()
@@ -125,14 +131,14 @@ def limit() -> dict:
         for _ in range(20):
             with torch.inference_mode():
                 for _ in range(steps):  # acting: the actor and a sample, every step
-                    policy.head.sample(policy.actor(obs))
+                    policy.head.sample(policy.actor(obs), trainer.generators, [0])
                 # once per rollout, batched: log pi(a|s) and the critic
                 policy.distribution(rollout.dist_params).log_prob(rollout.actions)
-                policy.value(rollout.obs.flatten(0, 1))
+                policy.value(rollout.obs.flatten(1, 2))
         forward_seconds = (time.perf_counter() - start) / 20
         update_seconds = 0.0
         for _ in range(10):  # each on fresh data: target_kl would cut a repeated update short
-            collector.collect(policy, rollout)
+            collect()
             start = time.perf_counter()
             trainer.update()
             update_seconds += (time.perf_counter() - start) / 10
