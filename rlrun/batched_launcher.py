@@ -83,27 +83,35 @@ def _require(module: str, executor: str) -> None:
 
 
 class ComposedOnce:
-    """Hydra's config loader, composing each job of the sweep once: Hydra's sweeper composes
-    every job to check the batch before it launches it, and `launch` needs each job's config
-    to group the jobs; the second request gets the first one's config (composing one costs
-    about 0.1 s, a sizeable part of a CartPole run)."""
+    """Hydra's config loader, composing each job of the sweep once: Hydra's basic sweeper
+    composes every job to check the batch before it launches it (composing one costs about
+    0.1 s, a sizeable part of a CartPole run), and `launch` takes those configs instead of
+    composing them again. Sweepers that do not check (Optuna's) leave nothing to take."""
 
     def __init__(self, loader: Any):
         self.loader = loader
-        self.composed: dict[tuple[str, ...], DictConfig] = {}
+        self.checked: dict[tuple[str, ...], list[DictConfig]] = {}  # a list: a sweep may repeat a job
 
     def load_sweep_config(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
-        key = tuple(sweep_overrides)
-        if key in self.composed:
-            return self.composed.pop(key)
-        self.composed[key] = config = self.loader.load_sweep_config(master_config, sweep_overrides)
+        config = self.loader.load_sweep_config(master_config, sweep_overrides)
+        self.checked.setdefault(tuple(sweep_overrides), []).append(config)
         return config
 
+    def take(self, master_config: DictConfig, sweep_overrides: list[str]) -> DictConfig:
+        """The config the sweeper composed for these overrides, once; composed anew otherwise."""
+        checked = self.checked.get(tuple(sweep_overrides))
+        return checked.pop(0) if checked else self.loader.load_sweep_config(master_config, sweep_overrides)
+
+    def clear(self) -> None:
+        self.checked.clear()
+
     def __getattr__(self, name: str) -> Any:  # everything else is the loader's
-        return getattr(self.__dict__["loader"], name)
+        if name == "loader":  # not set yet (unpickling)
+            raise AttributeError(name)
+        return getattr(self.loader, name)
 
     def __getstate__(self) -> dict[str, Any]:  # workers get the loader, not the configs
-        return {"loader": self.loader, "composed": {}}
+        return {"loader": self.loader, "checked": {}}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -130,6 +138,7 @@ def launch(launcher: BatchedLauncher, job_overrides: Sequence[Sequence[str]], in
         jobs = ",".join(str(configs[i].hydra.job.num) for i in group)
         log.info(f"\tgroup {number}: jobs {jobs}: {grouping.group_values([swept[i] for i in group])}")
     run = {"local": _run_local, "submitit": _run_submitit, "ray": _run_ray}[executor]
+    launcher.hydra_context.config_loader.clear()  # the next batch (an Optuna trial, say) is composed afresh
     outcomes = run(launcher, [[configs[i] for i in group] for group in groups])
     configure_log(config.hydra.hydra_logging, config.hydra.verbose)  # the groups run here set up their jobs' logging
     returns: dict[int, JobReturn] = {}
@@ -139,7 +148,7 @@ def launch(launcher: BatchedLauncher, job_overrides: Sequence[Sequence[str]], in
 
 
 def _sweep_config(launcher: BatchedLauncher, overrides: Sequence[str], num: int) -> DictConfig:
-    config = launcher.hydra_context.config_loader.load_sweep_config(launcher.config, list(overrides))
+    config = launcher.hydra_context.config_loader.take(launcher.config, list(overrides))
     with open_dict(config):
         config.hydra.job.id = config.hydra.job.num = num
     return config
@@ -178,7 +187,7 @@ def run_group(group: list[DictConfig], context: HydraContext, task_function: Tas
             run_job(hydra_context=quiet, task_function=_prepare, config=config, job_dir_key="hydra.sweep.dir", job_subdir_key="hydra.sweep.subdir")
             for config in group
         ]
-        _log_to_each_run([Path(config.hydra.runtime.output_dir) for config in group])
+        handlers = _log_to_each_run([Path(config.hydra.runtime.output_dir) for config in group])
         for config in group:
             with _current(config):
                 context.callbacks.on_job_start(config=config, task_function=task_function)
@@ -196,6 +205,9 @@ def run_group(group: list[DictConfig], context: HydraContext, task_function: Tas
         for config, ret in zip(group, returns):
             with _current(config):
                 context.callbacks.on_job_end(config=config, job_return=ret)
+        for handler in handlers:  # a reused worker trains other groups next
+            logging.getLogger().removeHandler(handler)
+            handler.close()
     return returns
 
 
@@ -214,22 +226,24 @@ def _prepare(cfg: DictConfig) -> Job:
     return Job(cfg, Path(hydra.runtime.output_dir), chosen, continue_run=True)
 
 
-def _log_to_each_run(run_dirs: list[Path]) -> None:
+def _log_to_each_run(run_dirs: list[Path]) -> list[logging.Handler]:
     """Hydra pointed the log file at the job prepared last; the group's records concern all its
-    runs, so each run's log file gets them."""
-    root = logging.getLogger()
+    runs, so each run's log file gets them. Returns the handlers added."""
+    root, added = logging.getLogger(), []
     for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
         for path in {run_dir / Path(handler.baseFilename).name for run_dir in run_dirs} - {Path(handler.baseFilename)}:
             copy = logging.FileHandler(path)
             copy.setFormatter(handler.formatter)
             copy.setLevel(handler.level)
             root.addHandler(copy)
+            added.append(copy)
+    return added
 
 
 def _in_worker(group: list[DictConfig], context: HydraContext, task_function: TaskFunction, singleton_state: dict) -> list[JobReturn] | int:
     """`run_group` in another process, with Hydra's state as the launcher had it. A stop comes
-    back as its signal number (RunInterrupted does not pickle), so that the launcher waits for
-    the other groups to checkpoint too."""
+    back as its signal number, not an exception, so that the launcher collects every group's
+    outcome (each checkpointing its runs) before it stops."""
     setup_globals()
     Singleton.set_state(singleton_state)
     try:
@@ -245,11 +259,26 @@ def _unless_stopped(outcomes: list[list[JobReturn] | int]) -> list[list[JobRetur
     return outcomes
 
 
-class _TerminalInterrupt(StopSignals):
-    """The launcher's first Ctrl-C only waits: the terminal sent it to the group processes too,
-    and they stop once their runs are checkpointed. A second one stops at once."""
+class _StopWorkers(StopSignals):
+    """The launcher's first SIGINT or SIGTERM stops the groups: each worker gets SIGUSR2, which
+    its runs take as a stop (checkpoint, then end). SIGUSR2 rather than the signal itself: a
+    Ctrl-C from a terminal has reached the workers already, and a second SIGINT or SIGTERM would
+    end them at once. A second signal here stops the launcher at once."""
 
-    SIGNALS = (signal.SIGINT,)
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        super()._handle(signum, frame)
+        for pid in _worker_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR2)
+
+
+_warm_futures: list[Any] = []  # each worker's pid, once it has started
+
+
+def _worker_pids() -> set[int]:
+    return {future.result() for future in _warm_futures if future.done() and future.exception() is None}
 
 
 def _local_workers(options: DictConfig) -> int:
@@ -269,14 +298,16 @@ def _pool(options: DictConfig, num_jobs: int) -> Any:
 
 def _warm_up(options: DictConfig, num_jobs: int) -> None:
     """Start the workers now: their imports (torch's above all) overlap the composition of the
-    sweep's configs here instead of following it."""
+    sweep's configs here instead of following it. Each tells its pid, for `_StopWorkers`."""
     pool = _pool(options, num_jobs)
-    for _ in range(pool._max_workers if pool else 0):
-        pool.submit(_import_trainer)
+    if pool is not None:
+        _warm_futures[:] = [pool.submit(_import_trainer) for _ in range(min(_local_workers(options), num_jobs))]
 
 
-def _import_trainer() -> None:
+def _import_trainer() -> int:
     import rlrun.trainer  # noqa: F401
+
+    return os.getpid()
 
 
 def _run_local(launcher: BatchedLauncher, groups: list[list[DictConfig]]) -> list[list[JobReturn]]:
@@ -284,9 +315,11 @@ def _run_local(launcher: BatchedLauncher, groups: list[list[DictConfig]]) -> lis
     if pool is None or len(groups) == 1:
         return [run_group(group, launcher.hydra_context, launcher.task_function) for group in groups]
     state = Singleton.get_state()
-    with _TerminalInterrupt():
+    with _StopWorkers() as stop:
         futures = [pool.submit(_in_worker, group, launcher.hydra_context, launcher.task_function, state) for group in groups]
         outcomes = [future.result() for future in futures]
+    if stop.received is not None and any(isinstance(outcome, int) for outcome in outcomes):
+        raise RunInterrupted(stop.received)  # exit as the signal the launcher got says
     return _unless_stopped(outcomes)
 
 

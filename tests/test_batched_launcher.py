@@ -169,7 +169,10 @@ def test_the_submitit_executor_runs_each_group_as_a_job(tmp_path):
 
 
 @pytest.mark.slow(reason="trains two groups in parallel until every run has a checkpoint, then stops them: about 7 s")
-def test_ctrl_c_checkpoints_every_group_then_exits_like_an_interrupted_run(tmp_path):
+@pytest.mark.parametrize("signum, whole_group", [(signal.SIGINT, True), (signal.SIGTERM, False)], ids=["ctrl-c", "sigterm-to-the-launcher"])
+def test_a_stop_checkpoints_every_group_then_exits_like_an_interrupted_run(tmp_path, signum, whole_group):
+    """Ctrl-C reaches every process of the sweep; a SIGTERM sent to the launcher alone (what
+    `timeout` or a scheduler sends) is passed on to the groups."""
     sweep_dir = tmp_path / "sweep"
     sweep = subprocess.Popen(
         [str(RLRUN), "train", *BATCHED, "algo=ppo_clip,ppo_kl", "seed=1,2", "total_timesteps=1000000", "checkpoint_interval=2", "env.num_envs=8", f"hydra.sweep.dir={sweep_dir}"],
@@ -178,7 +181,10 @@ def test_ctrl_c_checkpoints_every_group_then_exits_like_an_interrupted_run(tmp_p
     deadline = time.time() + 60
     while len(list(sweep_dir.glob("*/checkpoint.pt"))) < 4 and time.time() < deadline:
         time.sleep(0.5)
-    os.killpg(sweep.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole process group
+    if whole_group:
+        os.killpg(sweep.pid, signum)
+    else:
+        os.kill(sweep.pid, signum)
     _, stderr = sweep.communicate(timeout=120)
-    assert sweep.returncode == 128 + signal.SIGINT, stderr
+    assert sweep.returncode == 128 + signum, stderr
     assert list(_statuses(sweep_dir).values()) == ["interrupted"] * 4
