@@ -9,6 +9,11 @@ from dataclasses import dataclass, fields
 import torch
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
+    """The mean of `values` along `dim` over the entries where `mask` (0/1) is 1; 0 where none is."""
+    return (values * mask).sum(dim, keepdim=keepdim) / mask.sum(dim, keepdim=keepdim).clamp(min=1)
+
+
 @dataclass
 class Batch:
     """The transitions of one rollout per run, shape (R, B, ...). `mask` (R, B) is 1 for a real
@@ -27,7 +32,7 @@ class Batch:
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         """Each run's mean of (R, B) `values` over its transitions, (R,)."""
-        return (values * self.mask).sum(1) / self.mask.sum(1).clamp(min=1)
+        return masked_mean(values, self.mask, 1)
 
     def minibatches(self, num_minibatches: int, generators: list[torch.Generator], drawing: torch.Tensor) -> Iterator[Batch]:
         """Each run's transitions in a random order (from its own generator), cut into

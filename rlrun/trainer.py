@@ -39,7 +39,7 @@ from rlrun.evaluation import EVAL_SEED_OFFSET, evaluate
 from rlrun.grouping import group_key
 from rlrun.lifecycle import DiskFull, RunInterrupted, RunLock, StopSignals, TrainingDiverged, disk_full, non_finite
 from rlrun.policies import ActorCritic
-from rlrun.rollout import Batch, Rollout
+from rlrun.rollout import Batch, Rollout, masked_mean
 from rlrun.tracking import TENSORBOARD_SUBDIR, RunTracker
 
 log = logging.getLogger(__name__)
@@ -502,11 +502,9 @@ def policy_change(policy: ActorCritic, batch: Batch) -> dict[str, torch.Tensor]:
 def explained_variance(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """1 - Var[target - predicted] / Var[target] per run over its real transitions, (R,):
     1 is a perfect critic, <= 0 a useless one (NaN where the targets do not vary)."""
-    count = mask.sum(1).clamp(min=1)
 
     def variance(x: torch.Tensor) -> torch.Tensor:
-        mean = (x * mask).sum(1, keepdim=True) / count.unsqueeze(1)
-        return ((x - mean) * mask).pow(2).sum(1) / (count - 1).clamp(min=1)
+        return masked_mean((x - masked_mean(x, mask, 1, keepdim=True)).pow(2), mask, 1)
 
     target_var = variance(target)
     return torch.where(target_var == 0, math.nan, 1 - variance(target - predicted) / target_var)

@@ -59,7 +59,7 @@ from rlrun.config import OptimConfig, bound, check_one_rollout, unit_interval
 from rlrun.optim import Adam
 from rlrun.policies import ActorCritic
 from rlrun.returns import gae
-from rlrun.rollout import Batch, Rollout
+from rlrun.rollout import Batch, Rollout, masked_mean
 
 ALGORITHMS: dict[str, type[Algorithm]] = {}  # name -> class, filled as subclasses are defined
 
@@ -177,9 +177,8 @@ class FixedRolloutAlgorithm(Algorithm):
 def normalize(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Zero mean, unit std per run over its real transitions: a per-batch baseline and
     step-size control. (R, B) -> (R, B)."""
-    count = mask.sum(1, keepdim=True).clamp(min=1)
-    mean = (advantages * mask).sum(1, keepdim=True) / count
-    std = (((advantages - mean) * mask).pow(2).sum(1, keepdim=True) / count).sqrt()
+    mean = masked_mean(advantages, mask, 1, keepdim=True)
+    std = masked_mean((advantages - mean).pow(2), mask, 1, keepdim=True).sqrt()
     return (advantages - mean) / (std + 1e-8)
 
 

@@ -18,7 +18,7 @@ from omegaconf import MISSING
 from rlrun.algos.base import Algorithm, normalize, score_function_variance
 from rlrun.config import OptimConfig, bound, check, unit_interval
 from rlrun.returns import episode_returns, gae, reward_to_go
-from rlrun.rollout import Batch, Rollout
+from rlrun.rollout import Batch, Rollout, masked_mean
 
 
 @dataclass
@@ -168,6 +168,6 @@ def leave_one_out_mean(returns: torch.Tensor, valid: torch.Tensor) -> torch.Tens
     keeps b independent of the actions it is subtracted from, so the estimate stays
     unbiased; a plain batch mean would shrink the expected gradient by a factor (1 - 1/N).
     """
-    per_episode = (returns * valid).sum(-2) / valid.sum(-2).clamp(min=1)
+    per_episode = masked_mean(returns, valid, -2)
     others = (per_episode.sum(-1, keepdim=True) - per_episode) / (per_episode.shape[-1] - 1)
     return others.unsqueeze(-2)
