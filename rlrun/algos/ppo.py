@@ -92,8 +92,9 @@ class PPO(FixedRolloutAlgorithm):
         raise NotImplementedError
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
+        """`epochs` passes of minibatch steps over the batch; a run whose last epoch's mean
+        approx_kl says stop (`stop_epochs`) takes no further step in this update."""
         config = self.config
-        vf_coef, ent_coef = self.per_run("vf_coef"), self.per_run("ent_coef")
         updating = self.active.clone()  # runs still taking epochs in this update
         epochs_done = torch.zeros(len(updating))
         history: dict[str, list[torch.Tensor]] = {}
@@ -102,31 +103,9 @@ class PPO(FixedRolloutAlgorithm):
             epoch_kl, epoch_steps = torch.zeros(len(updating)), torch.zeros(len(updating))
             for minibatch in batch.minibatches(config.num_minibatches, self.generators, updating):
                 moving = updating & (minibatch.mask.sum(1) > 0)
-                dist_params, values = self.policy(minibatch.obs)
-                dist = self.policy.distribution(dist_params)
-                log_ratio = dist.log_prob(minibatch.actions) - minibatch.old_log_probs
-                ratio = log_ratio.exp()
-                advantages = minibatch.advantages
-                if config.normalize_advantages:
-                    advantages = normalize(advantages, minibatch.mask)
-                policy_loss, diagnostics = self.policy_loss(ratio, advantages, dist, minibatch)
-                value_loss = 0.5 * minibatch.mean((values - minibatch.returns).pow(2))
-                loss = policy_loss + vf_coef * value_loss
-                if ent_coef.any():  # the bonus; train/entropy is measured once, after the update
-                    loss = loss - ent_coef * minibatch.mean(dist.entropy())
-                grad_norm = self.gradient_step(loss, moving)
-                with torch.no_grad():
-                    # k3 estimator of KL(pi_old || pi_theta): unbiased, always >= 0.
-                    approx_kl = minibatch.mean((ratio - 1) - log_ratio)
-                    real = minibatch.mask > 0
-                    step_stats = {
-                        "policy_loss": policy_loss, "value_loss": value_loss, "approx_kl": approx_kl,
-                        "grad_norm": grad_norm, "ratio_mean": minibatch.mean(ratio),
-                        "ratio_min": torch.where(real, ratio, math.inf).amin(1),
-                        "ratio_max": torch.where(real, ratio, -math.inf).amax(1), **diagnostics,
-                    }
+                step_stats = self.minibatch_step(minibatch, moving)
                 moves.append(moving.float())
-                epoch_kl += approx_kl * moving
+                epoch_kl += step_stats["approx_kl"] * moving
                 epoch_steps += moving
                 for key, value in step_stats.items():
                     history.setdefault(key, []).append(value.detach())
@@ -134,18 +113,49 @@ class PPO(FixedRolloutAlgorithm):
             updating &= ~self.stop_epochs(epoch_kl / epoch_steps.clamp(min=1))
             if not updating.any():
                 break
-        weights = torch.stack(moves)  # (minibatches, R)
-        taken = weights > 0
-        stats = {key: torch.stack(values) for key, values in history.items()}
-        summary = {key: (values * weights).sum(0) / weights.sum(0) for key, values in stats.items()}
-        summary["ratio_min"] = torch.where(taken, stats["ratio_min"], math.inf).amin(0)
-        summary["ratio_max"] = torch.where(taken, stats["ratio_max"], -math.inf).amax(0)
-        summary["epochs"] = epochs_done
-        return summary
+        return {**summarize(history, torch.stack(moves)), "epochs": epochs_done}
+
+    def minibatch_step(self, minibatch: Batch, moving: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One gradient step of the `moving` runs on their part of `minibatch`; its diagnostics, each (R,)."""
+        dist_params, values = self.policy(minibatch.obs)
+        dist = self.policy.distribution(dist_params)
+        log_ratio = dist.log_prob(minibatch.actions) - minibatch.old_log_probs
+        ratio = log_ratio.exp()
+        advantages = minibatch.advantages
+        if self.config.normalize_advantages:
+            advantages = normalize(advantages, minibatch.mask)
+        policy_loss, diagnostics = self.policy_loss(ratio, advantages, dist, minibatch)
+        value_loss = 0.5 * minibatch.mean((values - minibatch.returns).pow(2))
+        loss = policy_loss + self.per_run("vf_coef") * value_loss
+        ent_coef = self.per_run("ent_coef")
+        if ent_coef.any():  # the bonus; train/entropy is measured once, after the update
+            loss = loss - ent_coef * minibatch.mean(dist.entropy())
+        grad_norm = self.gradient_step(loss, moving)
+        with torch.no_grad():
+            real = minibatch.mask > 0
+            return {
+                "policy_loss": policy_loss, "value_loss": value_loss,
+                # k3 estimator of KL(pi_old || pi_theta): unbiased, always >= 0.
+                "approx_kl": minibatch.mean((ratio - 1) - log_ratio),
+                "grad_norm": grad_norm, "ratio_mean": minibatch.mean(ratio),
+                "ratio_min": torch.where(real, ratio, math.inf).amin(1),
+                "ratio_max": torch.where(real, ratio, -math.inf).amax(1), **diagnostics,
+            }
 
     def stop_epochs(self, approx_kl: torch.Tensor) -> torch.Tensor:
         """Which runs stop this update's epochs early, given each run's last epoch mean approx_kl."""
         return torch.zeros_like(approx_kl, dtype=torch.bool)
+
+
+def summarize(history: dict[str, list[torch.Tensor]], moves: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Each run's diagnostics over the minibatch steps it took (`moves`: (steps, R), 1 where
+    it took that step): means, and the extremes of the ratio; NaN for a run that took none."""
+    stats = {key: torch.stack(values) for key, values in history.items()}
+    summary = {key: (values * moves).sum(0) / moves.sum(0) for key, values in stats.items()}
+    taken = moves > 0
+    summary["ratio_min"] = torch.where(taken, stats["ratio_min"], math.inf).amin(0)
+    summary["ratio_max"] = torch.where(taken, stats["ratio_max"], -math.inf).amax(0)
+    return summary
 
 
 class PPOClip(PPO):
