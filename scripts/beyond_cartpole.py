@@ -34,7 +34,7 @@ REFERENCES = {
     "LunarLander-v3": "242 ± 32 (SB3 rl-zoo, LunarLander-v2)",
     "HalfCheetah-v5": "1443 ± 46 (CleanRL, v4); 5819 ± 664 (SB3 rl-zoo, v3); ~1800 (PPO paper, v1)",
     "Hopper-v5": "2383 ± 272 (CleanRL, v4); 2410 ± 10 (SB3 rl-zoo, v3); ~2200 (PPO paper, v1)",
-    "Walker2d-v5": "2288 (CleanRL, v4); 3479 ± 822 (SB3 rl-zoo, v3)",
+    "Walker2d-v5": "2288 (CleanRL, v4)",
 }
 NOTES = """Sources of the published numbers: CleanRL `ppo_continuous_action.py` MuJoCo v4 table,
 https://docs.cleanrl.dev/rl-algorithms/ppo/ (average training episodic return at 1M steps,
