@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -68,7 +69,7 @@ class Adam:
         self.lr = lr  # (R,)
         self.betas, self.eps = betas, eps
         num_runs = self.banks[0].num_runs
-        self.steps = [torch.zeros(num_runs, 1) for _ in self.banks]
+        self.steps = [np.zeros((num_runs, 1)) for _ in self.banks]  # float64, as torch's bias corrections
         self.exp_avgs = [torch.zeros_like(bank.data) for bank in self.banks]
         self.exp_avg_sqs = [torch.zeros_like(bank.data) for bank in self.banks]
 
@@ -91,30 +92,38 @@ class Adam:
             return torch.zeros(len(active))
         norms = torch.stack([grads[i].pow(2).sum(1) for i in stepped]).sum(0).sqrt()
         clip = (max_norm / (norms + 1e-6)).clamp(max=1.0).unsqueeze(1)
-        moves = active.unsqueeze(1).float()
+        moving = active.numpy()[:, None]
         for i in stepped:
-            self._adam(self.banks[i].data, grads[i].mul_(clip), self.exp_avgs[i], self.exp_avg_sqs[i], self.steps[i], moves)
+            self._adam(i, grads[i].mul_(clip), moving)
         return norms
 
-    def _adam(self, param, grad, exp_avg, exp_avg_sq, steps, moves) -> None:
-        """One step where `moves` is 1, none (bit for bit: every update is scaled by 0) where 0."""
+    def _adam(self, i: int, grad: torch.Tensor, moving: np.ndarray) -> None:
+        """One step of bank `i` for the runs where `moving` ((R, 1) bool); the others stay as
+        they are, bit for bit (their updates are scaled by 0)."""
         beta1, beta2 = self.betas
-        # Scaled by 0 below, a still run's gradient must be finite to leave it exactly as it is.
-        grad = torch.where(moves > 0, grad, 0.0)
-        steps += moves
-        exp_avg.lerp_(grad, (1 - beta1) * moves)
-        exp_avg_sq.mul_(1 + (beta2 - 1) * moves).addcmul_(grad, grad * moves, value=1 - beta2)
-        # Bias corrections in float64, as torch computes them (in Python floats): 0.999 ** t
-        # in float32 is off by 1e-5 relative. A run that never stepped: those of step 1, times 0.
-        counted = steps.clamp(min=1).double()
-        step_size = (self.lr.unsqueeze(1).double() * moves / (1 - beta1**counted)).float()
-        denom = (exp_avg_sq.sqrt() / (1 - beta2**counted).sqrt().float()).add_(self.eps)
-        param.sub_(exp_avg / denom * step_size)
+        exp_avg, exp_avg_sq, steps = self.exp_avgs[i], self.exp_avg_sqs[i], self.steps[i]
+        steps += moving
+        if moving.all():
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        else:
+            moves = torch.from_numpy(moving.astype(np.float32))
+            grad = torch.where(moves > 0, grad, 0.0)  # scaled by 0 below, it must be finite
+            exp_avg.lerp_(grad, (1 - beta1) * moves)
+            exp_avg_sq.mul_(1 + (beta2 - 1) * moves).addcmul_(grad, grad * moves, value=1 - beta2)
+        # Per-run scalars in float64 numpy, as torch computes them in Python floats (0.999 ** t
+        # in float32 is off by 1e-5 relative), and at a fraction of a torch call's cost. A run
+        # that never stepped: the corrections of step 1, times 0.
+        counted = np.maximum(steps, 1)
+        step_size = torch.from_numpy((self.lr.numpy()[:, None] * moving / (1 - beta1**counted)).astype(np.float32))
+        bias_correction2_sqrt = torch.from_numpy(np.sqrt(1 - beta2**counted).astype(np.float32))
+        denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(self.eps)
+        self.banks[i].data.sub_(exp_avg / denom * step_size)
 
     def run_state_dict(self, run: int) -> dict[str, Any]:
         """Run `run`'s state, per parameter, in the parameters' own shapes."""
         return {
-            "steps": [int(steps[run]) for steps, bank in zip(self.steps, self.banks) for _ in bank.params],
+            "steps": [int(steps[run, 0]) for steps, bank in zip(self.steps, self.banks) for _ in bank.params],
             "exp_avgs": [part for avgs, bank in zip(self.exp_avgs, self.banks) for part in bank.split(avgs, run)],
             "exp_avg_sqs": [part for sqs, bank in zip(self.exp_avg_sqs, self.banks) for part in bank.split(sqs, run)],
         }

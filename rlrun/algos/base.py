@@ -79,6 +79,7 @@ class Algorithm:
     def __init__(self, configs: list[OptimConfig], policy: ActorCritic, generators: list[torch.Generator]):
         self.configs = configs
         self.config = configs[0]  # for the keys every run of a group shares
+        self._per_run: dict[tuple[str, float], torch.Tensor] = {}
         self.policy = policy
         self.generators = generators  # run r's minibatch shuffling draws from generators[r]
         modules = [module for module in (policy.actor, policy.critic) if module is not None]
@@ -88,8 +89,10 @@ class Algorithm:
 
     def per_run(self, key: str, none: float = math.nan) -> torch.Tensor:
         """Each run's value of hyperparameter `key` (null read as `none`), (R,) float32."""
-        values = [getattr(config, key) for config in self.configs]
-        return torch.tensor([none if value is None else float(value) for value in values])
+        if (key, none) not in self._per_run:  # the configs do not change: build each once
+            values = [getattr(config, key) for config in self.configs]
+            self._per_run[key, none] = torch.tensor([none if value is None else float(value) for value in values])
+        return self._per_run[key, none]
 
     @classmethod
     def needs_critic(cls, config: OptimConfig) -> bool:

@@ -199,7 +199,7 @@ class PPOKL(PPO):
 
     def __init__(self, configs: list[PPOKLConfig], policy, generators):
         super().__init__(configs, policy, generators)
-        self.kl_beta = self.per_run("beta_init")
+        self.kl_beta = self.per_run("beta_init").clone()  # adapted in place per run
 
     def state_dict(self, run):
         return {**super().state_dict(run), "kl_beta": self.kl_beta[run].item()}
