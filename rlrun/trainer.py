@@ -309,8 +309,9 @@ class Trainer:
         summary.update(algo=self.algo.name, env=run.config.env.id, seed=run.config.seed, group_size=len(self.runs))
         write_summary(run.run_dir, summary)
         self.announce(run)
-        # One progress bar for the group: run 0's (all runs of a group step in lockstep).
-        console = self.console if i == 0 else Console(quiet=True)
+        # One progress bar for the group, its first run's: the runs step together, though one
+        # may end before the others (a target reached, a divergence), and its bar with it.
+        console = self.console if i == self.active_indices()[0] else Console(quiet=True)
         run.tracker = trackers.enter_context(RunTracker(run.run_dir, run.config.total_timesteps, console, run.start_step))
         if run.done():
             self.complete([i])
