@@ -39,11 +39,15 @@ class Batch:
         `num_minibatches` near-equal parts; minibatch k holds part k of every run, padded with
         masked slots to the largest. Fewer parts when no run has that many transitions. Runs
         not `drawing` (bool, (R,)) take no part and leave their generators alone."""
-        parts = []
+        orders = []
         for run_mask, generator, draws in zip(self.mask, generators, drawing.tolist()):
             real = run_mask.nonzero().squeeze(1) if draws else run_mask.new_zeros(0, dtype=torch.long)
-            parts.append(real[torch.randperm(len(real), generator=generator)].tensor_split(num_minibatches))
-        rows = torch.arange(len(parts)).unsqueeze(1)
+            orders.append(real[torch.randperm(len(real), generator=generator)])
+        rows = torch.arange(len(orders)).unsqueeze(1)
+        if len({len(order) for order in orders}) == 1:  # as many for every run (a group of one)
+            yield from self._equal_parts(torch.stack(orders), rows, num_minibatches)
+            return
+        parts = [order.tensor_split(num_minibatches) for order in orders]
         for k in range(num_minibatches):
             size = max(len(run_parts[k]) for run_parts in parts)
             if size == 0:
@@ -55,6 +59,15 @@ class Batch:
                 mask[run, :len(run_parts[k])] = 1
             picked = {f.name: getattr(self, f.name)[rows, index] for f in fields(self) if f.name != "mask"}
             yield Batch(**picked, mask=mask)
+
+    def _equal_parts(self, index: torch.Tensor, rows: torch.Tensor, num_minibatches: int) -> Iterator[Batch]:
+        """`minibatches` where every run has as many transitions, (R, B) `index`: the same parts,
+        from one gather per field and views of it."""
+        parts = [getattr(self, f.name)[rows, index].tensor_split(num_minibatches, dim=1) for f in fields(self) if f.name != "mask"]
+        masks = torch.ones(index.shape).tensor_split(num_minibatches, dim=1)
+        for *tensors, mask in zip(*parts, masks):
+            if mask.shape[1]:
+                yield Batch(*tensors, mask=mask)
 
 
 class Rollout:
