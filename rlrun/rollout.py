@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, fields
+from functools import cached_property
 
 import torch
 
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
-    """The mean of `values` along `dim` over the entries where `mask` (0/1) is 1; 0 where none is."""
-    return (values * mask).sum(dim, keepdim=keepdim) / mask.sum(dim, keepdim=keepdim).clamp(min=1)
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int, keepdim: bool = False, count: torch.Tensor | None = None) -> torch.Tensor:
+    """The mean of `values` along `dim` over the entries where `mask` (0/1) is 1; 0 where none
+    is. `count`: the mask's clamped sum along `dim`, where the caller has it already."""
+    if count is None:
+        count = mask.sum(dim, keepdim=keepdim).clamp(min=1)
+    return (values * mask).sum(dim, keepdim=keepdim) / count
 
 
 @dataclass
@@ -30,9 +34,14 @@ class Batch:
     returns: torch.Tensor  # regression targets for V(s)
     mask: torch.Tensor
 
+    @cached_property
+    def count(self) -> torch.Tensor:
+        """Each run's number of transitions (at least 1), (R,): every `mean` divides by it."""
+        return self.mask.sum(1).clamp(min=1)
+
     def mean(self, values: torch.Tensor) -> torch.Tensor:
         """Each run's mean of (R, B) `values` over its transitions, (R,)."""
-        return masked_mean(values, self.mask, 1)
+        return masked_mean(values, self.mask, 1, count=self.count)
 
     def minibatches(self, num_minibatches: int, generators: list[torch.Generator], drawing: torch.Tensor) -> Iterator[Batch]:
         """Each run's transitions in a random order (from its own generator), cut into

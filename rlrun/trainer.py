@@ -338,8 +338,9 @@ class Trainer:
         episodes = self.collector.collect(self.policy, self.rollout, active, self.generators)
         stats = self.update()
         stats["learning_rate"] = lrs
+        per_run = {key: value.tolist() for key, value in stats.items()}  # one conversion per key, not per run
         for i in np.flatnonzero(active):
-            self.after_update(i, episodes[i], {key: value[i].item() for key, value in stats.items()})
+            self.after_update(i, episodes[i], {key: values[i] for key, values in per_run.items()})
         due = [i for i in self.active_indices() if self.runs[i].evaluation_due()]
         self.evaluate_and_log(due)
         for i in due:
