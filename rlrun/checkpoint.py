@@ -37,7 +37,8 @@ SNAPSHOT_FILE = "envs.snapshot"
 SUMMARY_FILE = "summary.json"
 FORMAT_VERSION = 2  # 1: pickled objects (rlrun before 2026-12); 2: data only
 REQUIRED_KEYS = {"format_version", "config", "global_step", "updates", "policy", "algo", "collector", "torch_rng"}
-RESUMABLE_CHANGES = {"resume", "total_timesteps"}  # what a resumed run may change
+# What a resumed run may change: how long it trains, and how (not what) it computes.
+RESUMABLE_CHANGES = {"resume", "total_timesteps", "torch_compile"}
 
 log = logging.getLogger(__name__)
 _umask = os.umask(0)
@@ -132,7 +133,7 @@ def check_resumable(run_dir: Path, saved: dict[str, Any], now: dict[str, Any]) -
     if changed:
         raise RLRunError(
             f"Cannot resume {run_dir}: a resumed run continues its saved configuration "
-            f"and may only change total_timesteps, but these differ: {', '.join(changed)}."
+            f"and may only change total_timesteps and torch_compile, but these differ: {', '.join(changed)}."
         )
 
 

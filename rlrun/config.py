@@ -147,6 +147,8 @@ class Config:
     # Stop early once the mean return of the last 20 training episodes reaches this.
     target_return: Optional[float] = MISSING
     torch_threads: int = MISSING  # small MLPs run fastest on one thread
+    # torch.compile the update: true, false, or null to decide by the run's length (rlrun/compiling.py)
+    torch_compile: Optional[bool] = MISSING
     resume: Optional[str] = MISSING  # a run directory to continue (set by `rlrun train resume=DIR`)
 
     def __post_init__(self) -> None:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 
+
 class ParameterBank:
     """The parameters of `module`, each of shape (R, ...), moved into one (R, P) tensor,
     `data`, that they are views of: updating `data` updates the module."""
@@ -90,35 +91,29 @@ class Adam:
         stepped = [i for i, grad in enumerate(grads) if grad is not None]
         if not stepped:
             return torch.zeros(len(active))
-        norms = torch.stack([grads[i].pow(2).sum(1) for i in stepped]).sum(0).sqrt()
-        clip = (max_norm / (norms + 1e-6)).clamp(max=1.0).unsqueeze(1)
-        moving = active.numpy()[:, None]
-        for i in stepped:
-            self._adam(i, grads[i].mul_(clip), moving)
-        return norms
+        step_sizes, bias_corrections2, moves = self.count_step(active, stepped)
+        return adam_update(
+            [self.banks[i].data for i in stepped], [grads[i] for i in stepped], [self.exp_avgs[i] for i in stepped],
+            [self.exp_avg_sqs[i] for i in stepped], step_sizes, bias_corrections2, max_norm, moves, self.betas, self.eps,
+        )
 
-    def _adam(self, i: int, grad: torch.Tensor, moving: np.ndarray) -> None:
-        """One step of bank `i` for the runs where `moving` ((R, 1) bool); the others stay as
-        they are, bit for bit (their updates are scaled by 0)."""
+    def count_step(self, active: torch.Tensor, banks: list[int]) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor | None]:
+        """Count a step of `banks` for the `active` runs; return `adam_update`'s per-run inputs:
+        for each bank the step sizes lr / (1 - beta1^t), 0 for a run that does not move, and
+        sqrt(1 - beta2^t), each (R, 1); and `moves`, None when every run moves.
+
+        In float64 numpy, as torch computes them in Python floats (0.999 ** t in float32 is off
+        by 1e-5 relative), and at a fraction of a torch call's cost. A run that never stepped:
+        the corrections of step 1, times 0."""
         beta1, beta2 = self.betas
-        exp_avg, exp_avg_sq, steps = self.exp_avgs[i], self.exp_avg_sqs[i], self.steps[i]
-        steps += moving
-        if moving.all():
-            exp_avg.lerp_(grad, 1 - beta1)
-            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        else:
-            moves = torch.from_numpy(moving.astype(np.float32))
-            grad = torch.where(moves > 0, grad, 0.0)  # scaled by 0 below, it must be finite
-            exp_avg.lerp_(grad, (1 - beta1) * moves)
-            exp_avg_sq.mul_(1 + (beta2 - 1) * moves).addcmul_(grad, grad * moves, value=1 - beta2)
-        # Per-run scalars in float64 numpy, as torch computes them in Python floats (0.999 ** t
-        # in float32 is off by 1e-5 relative), and at a fraction of a torch call's cost. A run
-        # that never stepped: the corrections of step 1, times 0.
-        counted = np.maximum(steps, 1)
-        step_size = torch.from_numpy((self.lr.numpy()[:, None] * moving / (1 - beta1**counted)).astype(np.float32))
-        bias_correction2_sqrt = torch.from_numpy(np.sqrt(1 - beta2**counted).astype(np.float32))
-        denom = exp_avg_sq.sqrt().div_(bias_correction2_sqrt).add_(self.eps)
-        self.banks[i].data.sub_(exp_avg / denom * step_size)
+        moving = active.numpy()[:, None]
+        step_sizes, bias_corrections2 = [], []
+        for i in banks:
+            self.steps[i] += moving
+            counted = np.maximum(self.steps[i], 1)
+            step_sizes.append(torch.from_numpy((self.lr.numpy()[:, None] * moving / (1 - beta1**counted)).astype(np.float32)))
+            bias_corrections2.append(torch.from_numpy(np.sqrt(1 - beta2**counted).astype(np.float32)))
+        return step_sizes, bias_corrections2, None if moving.all() else torch.from_numpy(moving.astype(np.float32))
 
     def run_state_dict(self, run: int) -> dict[str, Any]:
         """Run `run`'s state, per parameter, in the parameters' own shapes."""
@@ -139,3 +134,29 @@ class Adam:
             avgs[run] = torch.cat([tensor.reshape(-1) for tensor in state["exp_avgs"][first:last]])
             sqs[run] = torch.cat([tensor.reshape(-1) for tensor in state["exp_avg_sqs"][first:last]])
             first = last
+
+
+def adam_update(
+    params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor], exp_avg_sqs: list[torch.Tensor],
+    step_sizes: list[torch.Tensor], bias_corrections2: list[torch.Tensor], max_norm: torch.Tensor,
+    moves: torch.Tensor | None, betas: tuple[float, float], eps: float,
+) -> torch.Tensor:
+    """Clip the (R, P) `grads` of the banks together, per run, to `max_norm` and update the banks'
+    `params` and moments in place; `moves` (R, 1) is 1 for the runs that move, None when all do
+    (the others stay as they are, bit for bit: their updates are scaled by 0). Returns the
+    gradient norms before clipping, (R,)."""
+    beta1, beta2 = betas
+    norms = torch.stack([grad.pow(2).sum(1) for grad in grads]).sum(0).sqrt()
+    clip = (max_norm / (norms + 1e-6)).clamp(max=1.0).unsqueeze(1)
+    for param, grad, exp_avg, exp_avg_sq, step_size, bias_correction2 in zip(params, grads, exp_avgs, exp_avg_sqs, step_sizes, bias_corrections2):
+        grad = grad * clip
+        if moves is None:
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        else:
+            grad = torch.where(moves > 0, grad, 0.0)  # scaled by 0 below, it must be finite
+            exp_avg.lerp_(grad, (1 - beta1) * moves)
+            exp_avg_sq.mul_(1 + (beta2 - 1) * moves).addcmul_(grad, grad * moves, value=1 - beta2)
+        denom = exp_avg_sq.sqrt().div_(bias_correction2).add_(eps)
+        param.sub_(exp_avg / denom * step_size)
+    return norms

@@ -32,6 +32,7 @@ from rlrun.checkpoint import (
     check_resumable, has_checkpoint, load_checkpoint, load_env_snapshot, read_summary, record_failure, save_checkpoint, write_summary,
 )
 from rlrun.collector import Collector, Episodes
+from rlrun.compiling import should_compile
 from rlrun.config import Config, to_object
 from rlrun.envs import max_episode_steps, normalizer_stats
 from rlrun.errors import RLRunError
@@ -214,6 +215,10 @@ class Trainer:
             algo_class.needs_critic(first.algo), self.generators,
         )
         self.algo = algo_class([run.config.algo for run in runs], self.policy, self.generators)
+        gradient_steps = algo_class.gradient_steps(first.algo, first.env.num_envs, first.total_timesteps)
+        self.compiled = should_compile(first.torch_compile, gradient_steps)
+        if self.compiled:
+            self.algo.compile()
         head = self.policy.head
         # Whole episodes need room for the longest one; fixed rollouts have a set length.
         steps = algo_class.rollout_steps(first.algo) or max_episode_steps(first.env)
@@ -456,6 +461,7 @@ class Trainer:
             "total_timesteps": run.config.total_timesteps,
             "updates": run.updates,
             "group_size": len(self.runs),
+            "compiled": self.compiled,
             "wall_seconds": round(wall_seconds, 3),
             "cpu_seconds": round(run.cpu_seconds + self.session_cpu_seconds(), 3),
             "sps": round(run.global_step / wall_seconds, 1) if wall_seconds > 0 else 0.0,

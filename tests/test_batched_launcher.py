@@ -175,7 +175,7 @@ def test_a_stop_checkpoints_every_group_then_exits_like_an_interrupted_run(tmp_p
     `timeout` or a scheduler sends) is passed on to the groups."""
     sweep_dir = tmp_path / "sweep"
     sweep = subprocess.Popen(
-        [str(RLRUN), "train", *BATCHED, "algo=ppo_clip,ppo_kl", "seed=1,2", "total_timesteps=1000000", "checkpoint_interval=2", "env.num_envs=8", f"hydra.sweep.dir={sweep_dir}"],
+        [str(RLRUN), "train", *BATCHED, "algo=ppo_clip,ppo_kl", "seed=1,2", "total_timesteps=1000000", "torch_compile=false", "checkpoint_interval=2", "env.num_envs=8", f"hydra.sweep.dir={sweep_dir}"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     deadline = time.time() + 60

@@ -52,7 +52,7 @@ def test_a_submitit_job_hit_by_its_time_limit_resumes_with_one_curve(tmp_path):
     # timeout_min=1: submitit_local sends SIGUSR2 30 s in, the job checkpoints and is requeued.
     result = run_rlrun(
         "train", "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=1", "seed=1,2",
-        "total_timesteps=1200000", "eval_interval=0", "checkpoint_interval=20", f"hydra.sweep.dir={sweep_dir}",
+        "total_timesteps=1200000", "torch_compile=false", "eval_interval=0", "checkpoint_interval=20", f"hydra.sweep.dir={sweep_dir}",
         cwd=tmp_path, timeout=600,
     )
     assert result.returncode == 0, result.stderr

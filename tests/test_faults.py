@@ -183,7 +183,7 @@ def test_a_real_full_disk_on_a_small_tmpfs(tmp_path):
     try:
         run_dir = disk / "run"
         process = subprocess.Popen(
-            [str(RLRUN), "train", f"hydra.run.dir={run_dir}", "total_timesteps=1000000", "checkpoint_interval=1", "eval_interval=0"],
+            [str(RLRUN), "train", f"hydra.run.dir={run_dir}", "total_timesteps=1000000", "torch_compile=false", "checkpoint_interval=1", "eval_interval=0"],
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         deadline = time.time() + 60
@@ -210,7 +210,7 @@ def test_a_real_full_disk_on_a_small_tmpfs(tmp_path):
 def test_a_run_killed_before_its_first_checkpoint_is_dead_and_resumes_afresh(tmp_path):
     run_dir = tmp_path / "run"
     process = subprocess.Popen(
-        [str(RLRUN), "train", f"hydra.run.dir={run_dir}", "total_timesteps=10000000", "checkpoint_interval=0"],
+        [str(RLRUN), "train", f"hydra.run.dir={run_dir}", "total_timesteps=10000000", "torch_compile=false", "checkpoint_interval=0"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )
     deadline = time.time() + 60

@@ -39,8 +39,7 @@ class A2C(FixedRolloutAlgorithm):
         policy_loss = -batch.mean(dist.log_prob(batch.actions) * advantages)
         value_loss = 0.5 * batch.mean((values - batch.returns).pow(2))
         loss = policy_loss + self.per_run("vf_coef") * value_loss
-        ent_coef = self.per_run("ent_coef")
-        if ent_coef.any():
-            loss = loss - ent_coef * batch.mean(dist.entropy())
+        if self.entropy_bonus:
+            loss = loss - self.per_run("ent_coef") * batch.mean(dist.entropy())
         grad_norm = self.gradient_step(loss)
         return {"policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(), "grad_norm": grad_norm}

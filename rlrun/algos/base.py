@@ -14,6 +14,7 @@ What the algorithm declares, read by the trainer before and during the run:
 | `rollout_steps(config)` | length T of a fixed rollout (None for whole episodes) |
 | `discount(config)` | gamma of the return the reward normaliser scales by |
 | `learning_rate(progress)` | lr for the next update, `progress` = env steps done / total in [0, 1] |
+| `gradient_steps(config, num_envs, total_timesteps)` | minibatch steps in a run: with `torch_compile: null`, whether `compile()` pays |
 
 The first four are class-level: the trainer reads them before it builds the environments and
 the policy the algorithm is constructed with.
@@ -48,13 +49,14 @@ only way an update moves them, and only the runs in `moving` move.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar
 
 import torch
 from omegaconf import MISSING
 from torch.func import functional_call, grad, vmap
 
+from rlrun.compiling import CompiledStep
 from rlrun.config import OptimConfig, bound, check_one_rollout, unit_interval
 from rlrun.optim import Adam
 from rlrun.policies import ActorCritic
@@ -79,7 +81,7 @@ class Algorithm:
     def __init__(self, configs: list[OptimConfig], policy: ActorCritic, generators: list[torch.Generator]):
         self.configs = configs
         self.config = configs[0]  # for the keys every run of a group shares
-        self._per_run: dict[tuple[str, float], torch.Tensor] = {}
+        self._per_run: dict[str, torch.Tensor] = {}
         self.policy = policy
         self.generators = generators  # run r's minibatch shuffling draws from generators[r]
         modules = [module for module in (policy.actor, policy.critic) if module is not None]
@@ -87,12 +89,34 @@ class Algorithm:
         self.max_grad_norm = self.per_run("max_grad_norm", none=math.inf)
         self.active = torch.ones(len(configs), dtype=torch.bool)  # set by the trainer before each update
 
+    def compile(self) -> None:
+        """Take every minibatch step as one compiled graph (rlrun/compiling.py): the same
+        losses and the same Adam arithmetic, fused."""
+        for field in fields(self.config):  # built before tracing: a compiled loss reads them
+            if all(isinstance(getattr(config, field.name), (int, float, type(None))) for config in self.configs):
+                self.per_run(field.name), self.per_run(field.name, none=math.inf)
+        self.minibatch_step = CompiledStep(self)  # type: ignore[method-assign]
+
+    def minibatch_step(self, minibatch: Batch, moving: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One gradient step of the `moving` runs on their `minibatch_losses`; the step's
+        diagnostics and each run's gradient norm, each (R,)."""
+        loss, stats = self.minibatch_losses(minibatch)
+        stats["grad_norm"] = self.gradient_step(loss, moving)
+        return stats
+
+    def minibatch_losses(self, minibatch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Each run's loss on one minibatch, (R,), and diagnostics, each (R,) and detached, for
+        algorithms that take many minibatch steps per update (PPO)."""
+        raise NotImplementedError
+
     def per_run(self, key: str, none: float = math.nan) -> torch.Tensor:
-        """Each run's value of hyperparameter `key` (null read as `none`), (R,) float32."""
-        if (key, none) not in self._per_run:  # the configs do not change: build each once
+        """Each run's value of hyperparameter `key` (null read as `none`), (R,) float32, built
+        once per key: the configs do not change, and a compiled loss must find it built."""
+        cached = f"{key}:{none}"  # not (key, none): NaN keys defeat torch.compile's dict lookup
+        if cached not in self._per_run:
             values = [getattr(config, key) for config in self.configs]
-            self._per_run[key, none] = torch.tensor([none if value is None else float(value) for value in values])
-        return self._per_run[key, none]
+            self._per_run[cached] = torch.tensor([none if value is None else float(value) for value in values])
+        return self._per_run[cached]
 
     @classmethod
     def needs_critic(cls, config: OptimConfig) -> bool:
@@ -101,6 +125,12 @@ class Algorithm:
     @classmethod
     def rollout_steps(cls, config: OptimConfig) -> int | None:
         return None if cls.whole_episodes else config.rollout_steps
+
+    @classmethod
+    def gradient_steps(cls, config: OptimConfig, num_envs: int, total_timesteps: int) -> int | None:
+        """Minibatch gradient steps in a whole run, for algorithms whose `minibatch_step` is worth
+        compiling (rlrun/compiling.py); None for the others."""
+        return None
 
     @classmethod
     def discount(cls, config: OptimConfig) -> float:
@@ -165,6 +195,11 @@ class FixedRolloutAlgorithm(Algorithm):
     """Fixed rollouts, a critic, GAE(lambda) advantages and lambda-returns as value targets."""
 
     config: FixedRolloutConfig
+
+    def __init__(self, configs: list[FixedRolloutConfig], policy: ActorCritic, generators: list[torch.Generator]):
+        super().__init__(configs, policy, generators)
+        # Decided once: a compiled loss must not branch on tensor values.
+        self.entropy_bonus = bool(self.per_run("ent_coef").any())
 
     @classmethod
     def discount(cls, config: FixedRolloutConfig) -> float:

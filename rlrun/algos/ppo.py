@@ -87,6 +87,11 @@ class PPO(FixedRolloutAlgorithm):
 
     config: PPOConfig
 
+    @classmethod
+    def gradient_steps(cls, config: PPOConfig, num_envs: int, total_timesteps: int) -> int:
+        updates = -(-total_timesteps // (config.rollout_steps * num_envs))
+        return updates * config.epochs * config.num_minibatches
+
     def policy_loss(self, ratio: torch.Tensor, advantages: torch.Tensor, dist: Distribution, minibatch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Each run's negated surrogate to minimise, (R,), and diagnostics to log, each (R,)."""
         raise NotImplementedError
@@ -115,8 +120,8 @@ class PPO(FixedRolloutAlgorithm):
                 break
         return {**summarize(history, torch.stack(moves)), "epochs": epochs_done}
 
-    def minibatch_step(self, minibatch: Batch, moving: torch.Tensor) -> dict[str, torch.Tensor]:
-        """One gradient step of the `moving` runs on their part of `minibatch`; its diagnostics, each (R,)."""
+    def minibatch_losses(self, minibatch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Each run's loss on `minibatch`, (R,), and the step's diagnostics, each (R,)."""
         dist_params, values = self.policy(minibatch.obs)
         dist = self.policy.distribution(dist_params)
         log_ratio = dist.log_prob(minibatch.actions) - minibatch.old_log_probs
@@ -127,19 +132,18 @@ class PPO(FixedRolloutAlgorithm):
         policy_loss, diagnostics = self.policy_loss(ratio, advantages, dist, minibatch)
         value_loss = 0.5 * minibatch.mean((values - minibatch.returns).pow(2))
         loss = policy_loss + self.per_run("vf_coef") * value_loss
-        ent_coef = self.per_run("ent_coef")
-        if ent_coef.any():  # the bonus; train/entropy is measured once, after the update
-            loss = loss - ent_coef * minibatch.mean(dist.entropy())
-        grad_norm = self.gradient_step(loss, moving)
+        if self.entropy_bonus:  # train/entropy is measured once, after the update
+            loss = loss - self.per_run("ent_coef") * minibatch.mean(dist.entropy())
         with torch.no_grad():
             real = minibatch.mask > 0
-            return {
-                "policy_loss": policy_loss, "value_loss": value_loss,
+            return loss, {
+                "policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(),
                 # k3 estimator of KL(pi_old || pi_theta): unbiased, always >= 0.
                 "approx_kl": minibatch.mean((ratio - 1) - log_ratio),
-                "grad_norm": grad_norm, "ratio_mean": minibatch.mean(ratio),
+                "ratio_mean": minibatch.mean(ratio),
                 "ratio_min": torch.where(real, ratio, math.inf).amin(1),
-                "ratio_max": torch.where(real, ratio, -math.inf).amax(1), **diagnostics,
+                "ratio_max": torch.where(real, ratio, -math.inf).amax(1),
+                **{key: value.detach() for key, value in diagnostics.items()},
             }
 
     def stop_epochs(self, approx_kl: torch.Tensor) -> torch.Tensor:
