@@ -77,6 +77,15 @@ class CategoricalHead(nn.Module):
     def distribution(self, params: torch.Tensor) -> Distribution:
         return Categorical(logits=params)
 
+    def log_prob(self, params: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """log pi(a|s), `distribution(params).log_prob(actions)` in three tensor ops: the loss
+        takes it every minibatch step."""
+        return params.log_softmax(-1).gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+
+    def entropy(self, params: torch.Tensor) -> torch.Tensor:
+        log_probs = params.log_softmax(-1)
+        return -(log_probs.exp() * log_probs).sum(-1)
+
     def sample(self, params: torch.Tensor, generators: list[torch.Generator], runs: list[int]) -> torch.Tensor:
         """The Gumbel-max trick: argmax(logits + G), G = -log E with E ~ Exp(1) per logit, is
         distributed as Categorical(logits) (jax.random.categorical samples so), in a few
@@ -110,6 +119,7 @@ class GaussianHead(nn.Module):
         self.log_std = nn.Parameter(torch.full((num_runs, size), log_std_init))
         self.register_buffer("low", torch.as_tensor(space.low, dtype=torch.float32).flatten())
         self.register_buffer("high", torch.as_tensor(space.high, dtype=torch.float32).flatten())
+        self.low_np, self.high_np = self.low.numpy(), self.high.numpy()
 
     def forward(self, mean: torch.Tensor) -> torch.Tensor:
         """(mean, log_std) side by side: pi_old can be rebuilt exactly from stored params."""
@@ -119,14 +129,27 @@ class GaussianHead(nn.Module):
         mean, log_std = params.chunk(2, dim=-1)
         return Independent(Normal(mean, log_std.exp()), 1)
 
+    def log_prob(self, params: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """log pi(a|s) = sum_i -((a_i - mu_i) / sigma_i)^2 / 2 - log sigma_i - log(2 pi) / 2: what
+        `distribution(params).log_prob(actions)` computes, from log sigma directly and without
+        building distribution objects every minibatch step."""
+        mean, log_std = params.chunk(2, dim=-1)
+        z = (actions - mean) * torch.exp(-log_std)
+        return -(0.5 * z.pow(2) + log_std).sum(-1) - 0.5 * math.log(2 * math.pi) * mean.shape[-1]
+
+    def entropy(self, params: torch.Tensor) -> torch.Tensor:
+        _, log_std = params.chunk(2, dim=-1)
+        return (log_std + 0.5 * (1 + math.log(2 * math.pi))).sum(-1)
+
     def sample(self, params: torch.Tensor, generators: list[torch.Generator], runs: list[int]) -> torch.Tensor:
         """mean + sigma * N(0, 1) draws for the `runs` that act, run r's from `generators[r]`;
         the mean for the others."""
         mean, log_std = params.chunk(2, dim=-1)
-        return mean + log_std.exp() * per_run_draws(mean, generators, runs, "normal_", fill=0.0)
+        return torch.addcmul(mean, log_std.exp(), per_run_draws(mean, generators, runs, "normal_", fill=0.0))
 
     def to_env(self, actions: torch.Tensor) -> np.ndarray:
-        return actions.clamp(self.low, self.high).numpy()
+        # numpy's per-call cost on a few numbers is a fraction of torch's
+        return np.minimum(np.maximum(actions.numpy(), self.low_np), self.high_np)
 
 
 def make_head(space: gym.Space, config: PolicyConfig, num_runs: int) -> CategoricalHead | GaussianHead:

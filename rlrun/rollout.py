@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
+import numpy as np
 import torch
 
 
@@ -51,6 +52,9 @@ class Batch:
         the number of reset steps, so a compiled update is compiled once (see
         rlrun/compiling.py); masked slots cost a few percent more arithmetic.
         """
+        if num_minibatches == 1:  # every transition in one step: its order changes nothing
+            yield replace(self, mask=self.mask * drawing.unsqueeze(1))
+            return
         size = -(-self.mask.shape[1] // num_minibatches)
         index = torch.zeros(len(generators), num_minibatches * size, dtype=torch.long)
         mask = torch.zeros(index.shape)
@@ -71,10 +75,10 @@ def _part_slots(length: int, num_parts: int, size: int) -> torch.Tensor:
     """Where element i of an order of `length` goes when it is cut as `tensor_split` cuts it
     (the first length % num_parts parts one longer) and part k starts at slot k * size."""
     quotient, remainder = divmod(length, num_parts)
-    part_sizes = quotient + (torch.arange(num_parts) < remainder).long()
-    part_of = torch.repeat_interleave(torch.arange(num_parts), part_sizes)
-    part_start = torch.cumsum(part_sizes, 0) - part_sizes
-    return part_of * size + torch.arange(length) - part_start[part_of]
+    part_sizes = quotient + (np.arange(num_parts) < remainder)
+    part_of = np.repeat(np.arange(num_parts), part_sizes)
+    part_start = np.cumsum(part_sizes) - part_sizes
+    return torch.from_numpy(part_of * size + np.arange(length) - part_start[part_of])  # numpy: cheaper per call
 
 
 class Rollout:

@@ -17,6 +17,12 @@ Measures, each in fresh processes, one at a time (after an untimed warm-up of ea
   forward and sampling, one update), and the loop's overhead over their sum; and start-up:
   the whole process of a run with a one-rollout budget and no evaluation, minus its loop.
 Writes a markdown table into docs/benchmarks.md.
+
+    python scripts/bench.py --equal         # the engine at equal settings (section "equal-settings")
+
+runs rlrun and SB3 PPO with the same hyperparameters (rl-zoo3's, or the PPO defaults on
+Hopper) on each workload of EQUAL, alternating the runners, and tabulates loop SPS (rlrun's
+summary.json, SB3's `learn()`) and the mean return of the last 20 training episodes.
 """
 
 from __future__ import annotations
@@ -96,6 +102,94 @@ def sb3_worker(seed: int, stop: bool, budget: int, out: str) -> None:
     }))
 
 
+# Equal settings: rlrun overrides and SB3 PPO keyword arguments for the same hyperparameters.
+# Both: separate 64x64 tanh actor and critic, orthogonal init, Adam eps 1e-5, advantages
+# normalised per minibatch, gradient norm clipped to 0.5, vf_coef 0.5, log sigma init 0,
+# constant clip range 0.2 (rl-zoo3 anneals CartPole's; rlrun has no clip schedule), one torch
+# thread. Where rl-zoo3 normalises (Pendulum, Hopper): observations and rewards, by Gymnasium's
+# arithmetic in rlrun and VecNormalize in SB3 (which also clips them at 10). rl-zoo3's gSDE
+# for Pendulum is left out: rlrun has none.
+EQUAL = {
+    "CartPole-v1": {
+        "budget": 50_000, "n_envs": 8, "normalize": False,
+        "sb3": dict(n_steps=32, batch_size=256, n_epochs=20, gamma=0.98, gae_lambda=0.8, learning_rate=1e-3, ent_coef=0.0),
+        "rlrun": ["env.num_envs=8", "algo.rollout_steps=32", "algo.num_minibatches=1", "algo.epochs=20", "algo.gamma=0.98",
+                  "algo.gae_lambda=0.8", "algo.lr=1e-3", "algo.ent_coef=0.0"],
+    },
+    "Pendulum-v1": {
+        "budget": 20_480, "n_envs": 4, "normalize": True,
+        "sb3": dict(n_steps=1024, batch_size=64, n_epochs=10, gamma=0.9, gae_lambda=0.95, learning_rate=1e-3, ent_coef=0.0),
+        "rlrun": ["env.num_envs=4", "algo.rollout_steps=1024", "algo.num_minibatches=64", "algo.epochs=10", "algo.gamma=0.9",
+                  "algo.gae_lambda=0.95", "algo.lr=1e-3", "algo.ent_coef=0.0", "env.normalize_obs=true", "env.normalize_reward=true"],
+    },
+    "LunarLander-v3": {
+        "budget": 32_768, "n_envs": 16, "normalize": False,
+        "sb3": dict(n_steps=1024, batch_size=64, n_epochs=4, gamma=0.999, gae_lambda=0.98, learning_rate=3e-4, ent_coef=0.01),
+        "rlrun": ["env.num_envs=16", "algo.rollout_steps=1024", "algo.num_minibatches=256", "algo.epochs=4", "algo.gamma=0.999",
+                  "algo.gae_lambda=0.98", "algo.lr=3e-4", "algo.ent_coef=0.01"],
+    },
+    "Hopper-v5": {
+        "budget": 20_480, "n_envs": 1, "normalize": True,
+        "sb3": dict(n_steps=2048, batch_size=64, n_epochs=10, gamma=0.99, gae_lambda=0.95, learning_rate=3e-4, ent_coef=0.0),
+        "rlrun": ["env.num_envs=1", "algo.rollout_steps=2048", "algo.num_minibatches=32", "algo.epochs=10", "algo.gamma=0.99",
+                  "algo.gae_lambda=0.95", "algo.lr=3e-4", "algo.ent_coef=0.0", "env.normalize_obs=true", "env.normalize_reward=true"],
+    },
+}
+EQUAL_COMMON = ["algo=ppo_clip", "algo.anneal_lr=false", "algo.clip_eps=0.2", "algo.max_grad_norm=0.5", "algo.vf_coef=0.5",
+                "algo.normalize_advantages=true", "algo.target_kl=null", "eval_episodes=0", "checkpoint_interval=0"]
+
+
+def sb3_equal_worker(env_id: str, seed: int, budget: int, out: str) -> None:
+    """SB3 PPO on `env_id` with EQUAL's settings."""
+    import numpy as np
+    import torch
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+    from stable_baselines3.common.vec_env import VecNormalize
+
+    torch.set_num_threads(1)
+    workload = EQUAL[env_id]
+    env = make_vec_env(env_id, n_envs=workload["n_envs"], seed=seed)
+    if workload["normalize"]:
+        env = VecNormalize(env, gamma=workload["sb3"]["gamma"])
+    model = PPO("MlpPolicy", env, clip_range=0.2, seed=seed, device="cpu", **workload["sb3"])
+    start = time.perf_counter()
+    model.learn(total_timesteps=budget)
+    seconds = time.perf_counter() - start
+    recent = [info["r"] for info in list(model.ep_info_buffer)[-20:]]
+    Path(out).write_text(json.dumps({"sps": model.num_timesteps / seconds, "recent": float(np.mean(recent)) if recent else None}))
+
+
+def equal_settings(seeds: list[int], workloads: list[str], compile_setting: str) -> None:
+    lines = [
+        "## The engine at equal settings: rlrun and SB3 PPO, same hyperparameters", "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores, CPU only, one process at a time, one torch thread each. "
+        f"Produced by `python scripts/bench.py --equal --seeds {','.join(map(str, seeds))}` "
+        f"(rlrun with `torch_compile={compile_setting}`). Runners alternated per seed; median [min, max] over seeds. "
+        "Loop SPS: env steps per second of the training loop (rlrun's summary.json; SB3's `learn()`). "
+        "Return: mean of the last 20 training episodes (raw rewards) at the end of the budget.", "",
+        "| workload | env steps | rlrun SPS | SB3 SPS | ratio | rlrun return | SB3 return |", "|---|---|---|---|---|---|---|",
+    ]
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for env_id in workloads:
+            workload, ours, theirs = EQUAL[env_id], [], []
+            for seed in seeds:
+                ours.append(rlrun_run(tmp, f"{env_id}-{seed}", f"env={env_id}", *EQUAL_COMMON, *workload["rlrun"], f"seed={seed}",
+                                      f"total_timesteps={workload['budget']}", f"torch_compile={compile_setting}"))
+                out = tmp / f"sb3-{env_id}-{seed}.json"
+                run_process([sys.executable, __file__, "sb3-equal-worker", env_id, str(seed), str(workload["budget"]), str(out)])
+                theirs.append(json.loads(out.read_text()))
+            ratios = [o["sps"] / t["sps"] for o, t in zip(ours, theirs)]
+            returns = lambda runs, key: spread([r[key] for r in runs if r[key] is not None], ".0f")  # noqa: E731
+            lines.append(
+                f"| {env_id} | {workload['budget']:,} | {spread([r['sps'] for r in ours], ',.0f')} | {spread([r['sps'] for r in theirs], ',.0f')} | "
+                f"{spread(ratios)} | {returns(ours, 'train_return_recent')} | {returns(theirs, 'recent')} |"
+            )
+            print(lines[-1], flush=True)
+    print(write_section(f"equal-settings-{compile_setting}", lines))
+
+
 def limit() -> dict:
     """Per-update cost of the default PPO-clip loop's parts, measured in this process."""
     import numpy as np
@@ -153,8 +247,14 @@ def spread(values: list[float], fmt: str = ".2f") -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="1,2,3,4,5")
+    parser.add_argument("--equal", action="store_true", help="the equal-settings comparison instead (seeds 1,2,3 unless given)")
+    parser.add_argument("--workloads", default=",".join(EQUAL), help="with --equal: which of " + ", ".join(EQUAL))
+    parser.add_argument("--torch-compile", default="null", help="with --equal: rlrun's torch_compile (true, false, null: automatic)")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
+    if args.equal:
+        equal_settings(seeds if "--seeds" in sys.argv else [1, 2, 3], args.workloads.split(","), args.torch_compile)
+        return
     lines = ["## Speed: CartPole-v1 against Stable-Baselines3", "",
              f"Machine: {platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} cores, CPU only, one process at a time. "
              f"Produced by `python scripts/bench.py --seeds {args.seeds}`. Median [min, max] over seeds.", ""]
@@ -208,5 +308,7 @@ def main() -> None:
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "sb3-worker":
         sb3_worker(int(sys.argv[2]), bool(int(sys.argv[3])), int(sys.argv[4]), sys.argv[5])
+    elif len(sys.argv) > 1 and sys.argv[1] == "sb3-equal-worker":
+        sb3_equal_worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
     else:
         main()

@@ -152,9 +152,9 @@ def test_importance_sampling_identity_at_theta_old(algo_class):
         batch = _cartpole_batch(policy, ends_every=ends_every, padding=padding)
         params = list(policy.actor.parameters())
 
-        dist = policy.distribution(policy.actor(batch.obs))
-        ratio = (dist.log_prob(batch.actions) - batch.old_log_probs).exp()
-        ppo_loss, _ = algo.policy_loss(ratio, batch.advantages, dist, batch)
+        dist_params = policy.actor(batch.obs)
+        ratio = (policy.distribution(dist_params).log_prob(batch.actions) - batch.old_log_probs).exp()
+        ppo_loss, _ = algo.policy_loss(ratio, batch.advantages, dist_params, batch)
         ppo_grads = torch.autograd.grad(ppo_loss.sum(), params)
 
         dist = policy.distribution(policy.actor(batch.obs))

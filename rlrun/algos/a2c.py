@@ -35,11 +35,11 @@ class A2C(FixedRolloutAlgorithm):
         config = self.config
         advantages = normalize(batch.advantages, batch.mask) if config.normalize_advantages else batch.advantages
         dist_params, values = self.policy(batch.obs)
-        dist = self.policy.distribution(dist_params)
-        policy_loss = -batch.mean(dist.log_prob(batch.actions) * advantages)
+        head = self.policy.head
+        policy_loss = -batch.mean(head.log_prob(dist_params, batch.actions) * advantages)
         value_loss = 0.5 * batch.mean((values - batch.returns).pow(2))
         loss = policy_loss + self.per_run("vf_coef") * value_loss
         if self.entropy_bonus:
-            loss = loss - self.per_run("ent_coef") * batch.mean(dist.entropy())
+            loss = loss - self.per_run("ent_coef") * batch.mean(head.entropy(dist_params))
         grad_norm = self.gradient_step(loss)
         return {"policy_loss": policy_loss.detach(), "value_loss": value_loss.detach(), "grad_norm": grad_norm}

@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 from omegaconf import MISSING
-from torch.distributions import Distribution, kl_divergence
+from torch.distributions import kl_divergence
 
 from rlrun.algos.base import FixedRolloutAlgorithm, FixedRolloutConfig, normalize
 from rlrun.config import bound, check
@@ -92,8 +92,9 @@ class PPO(FixedRolloutAlgorithm):
         updates = -(-total_timesteps // (config.rollout_steps * num_envs))
         return updates * config.epochs * config.num_minibatches
 
-    def policy_loss(self, ratio: torch.Tensor, advantages: torch.Tensor, dist: Distribution, minibatch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Each run's negated surrogate to minimise, (R,), and diagnostics to log, each (R,)."""
+    def policy_loss(self, ratio: torch.Tensor, advantages: torch.Tensor, dist_params: torch.Tensor, minibatch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Each run's negated surrogate to minimise, (R,), and diagnostics to log, each (R,);
+        `dist_params` are pi_theta's on the minibatch."""
         raise NotImplementedError
 
     def update(self, batch: Batch) -> dict[str, torch.Tensor]:
@@ -123,17 +124,17 @@ class PPO(FixedRolloutAlgorithm):
     def minibatch_losses(self, minibatch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Each run's loss on `minibatch`, (R,), and the step's diagnostics, each (R,)."""
         dist_params, values = self.policy(minibatch.obs)
-        dist = self.policy.distribution(dist_params)
-        log_ratio = dist.log_prob(minibatch.actions) - minibatch.old_log_probs
+        head = self.policy.head
+        log_ratio = head.log_prob(dist_params, minibatch.actions) - minibatch.old_log_probs
         ratio = log_ratio.exp()
         advantages = minibatch.advantages
         if self.config.normalize_advantages:
             advantages = normalize(advantages, minibatch.mask)
-        policy_loss, diagnostics = self.policy_loss(ratio, advantages, dist, minibatch)
+        policy_loss, diagnostics = self.policy_loss(ratio, advantages, dist_params, minibatch)
         value_loss = 0.5 * minibatch.mean((values - minibatch.returns).pow(2))
         loss = policy_loss + self.per_run("vf_coef") * value_loss
         if self.entropy_bonus:  # train/entropy is measured once, after the update
-            loss = loss - self.per_run("ent_coef") * minibatch.mean(dist.entropy())
+            loss = loss - self.per_run("ent_coef") * minibatch.mean(head.entropy(dist_params))
         with torch.no_grad():
             real = minibatch.mask > 0
             return loss, {
@@ -176,7 +177,7 @@ class PPOClip(PPO):
     config_class = PPOClipConfig
     config: PPOClipConfig
 
-    def policy_loss(self, ratio, advantages, dist, minibatch):
+    def policy_loss(self, ratio, advantages, dist_params, minibatch):
         eps = self.per_run("clip_eps").unsqueeze(1)
         surrogate = ratio * advantages
         clipped_surrogate = torch.clamp(ratio, 1 - eps, 1 + eps) * advantages
@@ -212,8 +213,9 @@ class PPOKL(PPO):
         super().load_state_dict(run, state)
         self.kl_beta[run] = state["kl_beta"]
 
-    def policy_loss(self, ratio, advantages, dist, minibatch):
-        kl = minibatch.mean(kl_divergence(self.policy.distribution(minibatch.old_dist_params), dist))
+    def policy_loss(self, ratio, advantages, dist_params, minibatch):
+        policy = self.policy
+        kl = minibatch.mean(kl_divergence(policy.distribution(minibatch.old_dist_params), policy.distribution(dist_params)))
         surrogate = minibatch.mean(ratio * advantages)
         return -(surrogate - self.kl_beta * kl), {"kl_penalty": kl}
 
