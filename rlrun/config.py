@@ -72,19 +72,24 @@ class EnvConfig:
     id: str = MISSING
     num_envs: int = MISSING
     # gymnasium.make_vec's vectorization_mode; null uses the env's own numpy-vectorised
-    # implementation when it has one (CartPole does) and "sync" otherwise.
+    # implementation when it has one (CartPole does) and "sync" otherwise. "envpool":
+    # EnvPool's C++ implementation of the same id, its envs stepped in threads (`pip install
+    # 'rlrun[envpool]'`; evaluation stays on Gymnasium's). Worth it from a few envs up: on
+    # Hopper-v5 with 2 cores, 8 envs cost about 110 µs per env step against 220 for sync, but
+    # 1 env about 290 µs, no gain over sync.
     vectorization: Optional[str] = MISSING
-    # Gymnasium's running-statistics wrappers; their statistics are saved with checkpoints.
+    # Running mean/std normalisation, Gymnasium's arithmetic (rlrun.envs.Normalizers); the
+    # statistics are saved with checkpoints.
     normalize_obs: bool = MISSING
     normalize_reward: bool = MISSING  # scale rewards by the std of the discounted return
 
     def __post_init__(self) -> None:
         bound("env.num_envs", self.num_envs, ">=", 1)
         check(self.num_envs <= MAX_ENVS, f"env.num_envs must be at most {MAX_ENVS}, got {self.num_envs}.")
-        modes = (None, "sync", "async", "vector_entry_point")
+        modes = (None, "sync", "async", "vector_entry_point", "envpool")
         check(
             self.vectorization in modes,
-            f"env.vectorization must be one of null, sync, async, vector_entry_point; "
+            f"env.vectorization must be one of null, sync, async, vector_entry_point, envpool; "
             f"got {self.vectorization!r}.",
         )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import gymnasium as gym
@@ -12,7 +13,7 @@ from gymnasium.wrappers.utils import RunningMeanStd
 
 from rlrun.checkpoint import load_checkpoint
 from rlrun.config import EnvConfig, PolicyConfig
-from rlrun.envs import make_vector_env, optional_dependencies, running_stats
+from rlrun.envs import make_vector_env, normalized, optional_dependencies, running_stats
 from rlrun.errors import RLRunError
 from rlrun.policies import ActorCritic
 
@@ -26,11 +27,14 @@ def evaluate(
 ) -> dict[int, np.ndarray]:
     """Returns of `episodes` complete episodes played with the mode of pi(.|s), for each run r
     of `policy` in `seeds`: fresh episodes seeded by `seeds[r]`, observations normalised with
-    run r's training statistics `obs_stats[r]` (frozen). The runs play side by side, one
-    batched forward pass per step for all of them.
+    run r's training statistics `obs_stats[r]` (frozen; None: not normalised). The runs play
+    side by side, one batched forward pass per step for all of them.
 
     Each run plays its episodes in parallel, one per env; with `video_dir` (one run), one after
-    another in a single recorded env (Gymnasium's RecordVideo, one MP4 per episode).
+    another in a single recorded env (Gymnasium's RecordVideo, one MP4 per episode). The
+    episodes are Gymnasium's implementation of the id even for a run trained on EnvPool's: the
+    reference implementation, the same for every run whatever engine trained it, and the one
+    RecordVideo records.
     """
     num_envs = 1 if video_dir else episodes
     runs = {run: _EvalRun(env_config, num_envs, episodes, video_dir, obs_stats[run]) for run in seeds}
@@ -64,7 +68,8 @@ class _EvalRun:
     and every episode counts, so there is no bias toward short ones."""
 
     def __init__(self, env_config: EnvConfig, num_envs: int, episodes: int, video_dir: Path | None, obs_stats: RunningMeanStd | None):
-        self.envs = make_vector_env(env_config, num_envs=num_envs, video_dir=video_dir, obs_stats=obs_stats)
+        self.envs = make_vector_env(_gymnasium(env_config), num_envs=num_envs, video_dir=video_dir)
+        self.obs_stats = obs_stats
         self.quota = np.full(num_envs, episodes // num_envs) + (np.arange(num_envs) < episodes % num_envs)
         self.finished = np.zeros(num_envs, dtype=int)
         self.running = np.zeros(num_envs)
@@ -72,7 +77,7 @@ class _EvalRun:
         self.returns: list[float] = []
 
     def reset(self, seed: int) -> np.ndarray:
-        return self.envs.reset(seed=seed)[0]
+        return self.normalize(self.envs.reset(seed=seed)[0])
 
     def done(self) -> bool:
         return bool((self.finished == self.quota).all())
@@ -86,7 +91,16 @@ class _EvalRun:
             self.returns.append(self.running[n])
             self.running[n] = 0.0
             self.finished[n] += 1
-        return obs
+        return self.normalize(obs)
+
+    def normalize(self, obs: np.ndarray) -> np.ndarray:
+        """As NormalizeObservation with the training statistics, frozen."""
+        return obs if self.obs_stats is None else normalized(obs, self.obs_stats.mean, self.obs_stats.var)
+
+
+def _gymnasium(env_config: EnvConfig) -> EnvConfig:
+    """The config with Gymnasium's own vectorization in place of EnvPool."""
+    return replace(env_config, vectorization=None) if env_config.vectorization == "envpool" else env_config
 
 
 def _episode_step_limit(env_id: str) -> int:
@@ -108,7 +122,7 @@ def evaluate_run(run_dir: Path, episodes: int, seed: int | None = None, video_di
         env_config, policy_config = EnvConfig(**saved["env"]), PolicyConfig(**saved["policy"])
     except (KeyError, TypeError) as err:
         raise RLRunError(f"The checkpoint of {run_dir} holds no usable configuration ({type(err).__name__}: {err}).") from None
-    envs = make_vector_env(env_config, num_envs=1)
+    envs = make_vector_env(_gymnasium(env_config), num_envs=1)
     try:
         with_critic = any(key.startswith("critic.") for key in state["policy"])
         policy = ActorCritic(envs.single_observation_space, envs.single_action_space, policy_config, with_critic, [torch.Generator()])

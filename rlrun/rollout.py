@@ -45,7 +45,8 @@ class Batch:
     def minibatches(self, num_minibatches: int, generators: list[torch.Generator], drawing: torch.Tensor) -> Iterator[Batch]:
         """Each run's transitions in a random order (from its own generator), cut into
         `num_minibatches` near-equal parts; minibatch k holds part k of every run. Runs not
-        `drawing` (bool, (R,)) take no part and leave their generators alone.
+        `drawing` (bool, (R,)) take no part and leave their generators alone. One minibatch is
+        the batch itself: no order is drawn.
 
         Every minibatch has the same number of slots, ceil(B / num_minibatches), a part's
         transitions first and masked padding after: one shape for the whole run, whatever

@@ -34,7 +34,7 @@ from rlrun.checkpoint import (
 from rlrun.collector import Collector, Episodes
 from rlrun.compiling import should_compile
 from rlrun.config import Config, to_object
-from rlrun.envs import max_episode_steps, normalizer_stats
+from rlrun.envs import max_episode_steps
 from rlrun.errors import RLRunError
 from rlrun.evaluation import EVAL_SEED_OFFSET, evaluate
 from rlrun.grouping import group_key
@@ -420,7 +420,7 @@ class Trainer:
         returns = evaluate(
             self.policy, config.env, config.eval_episodes,
             seeds={i: self.runs[i].config.seed + EVAL_SEED_OFFSET for i in indices},
-            obs_stats={i: normalizer_stats(self.collector.envs[i]).get("obs") for i in indices},
+            obs_stats={i: self.collector.obs_stats(i) for i in indices},
         )
         for i, run_returns in returns.items():
             run = self.runs[i]

@@ -16,7 +16,7 @@ from rlrun.algos import ALGORITHMS
 from rlrun.checkpoint import load_checkpoint
 from rlrun.cli import app
 from rlrun.config import to_object
-from rlrun.envs import normalizer_stats, running_stats
+from rlrun.envs import running_stats
 from rlrun.errors import RLRunError
 from rlrun.policies import CategoricalHead, GaussianHead
 from rlrun.lifecycle import StopSignals
@@ -126,13 +126,15 @@ def test_normalisation_statistics_survive_a_checkpoint_and_reach_evaluation(tmp_
     )
     trainer.run(StopSignals())
     saved_runs = []
-    for run, envs in zip(trainer.runs, trainer.collector.envs):
-        live = normalizer_stats(envs)
+    normalizers = trainer.collector.normalizers
+    for i, run in enumerate(trainer.runs):
         saved = {name: running_stats(state) for name, state in load_checkpoint(run.run_dir)["collector"]["normalizers"].items()}
         assert set(saved) == {"obs", "return"}
-        for name in ("obs", "return"):
-            assert saved[name].count == live[name].count > 2000
-            assert np.array_equal(saved[name].mean, live[name].mean) and np.array_equal(saved[name].var, live[name].var)
+        for name, live in (("obs", normalizers.obs), ("return", normalizers.returns)):
+            assert saved[name].count == live.count[i].item() > 2000
+            assert np.array_equal(saved[name].mean, live.mean[i]) and np.array_equal(saved[name].var, live.var[i])
+        evaluated = trainer.collector.obs_stats(i)  # what the run's own evaluation normalised with
+        assert np.array_equal(evaluated.mean, saved["obs"].mean) and evaluated.count == saved["obs"].count
         assert not np.allclose(saved["obs"].mean, 0)
         saved_runs.append(saved)
         # `rlrun eval` rebuilds the policy and normaliser from the checkpoint: same numbers as the run's own evaluation
@@ -154,6 +156,14 @@ def test_a_missing_extra_names_the_install_command(tmp_path, monkeypatch, env, m
         train(compose_config(f"env={env}", "total_timesteps=256", "env.num_envs=1", "algo.rollout_steps=256"), tmp_path)
     assert refusal.value.exit_code == 2
     assert f"pip install 'rlrun[{extra}]'" in str(refusal.value)
+
+
+def test_envpool_when_missing_names_the_install_command(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "envpool", None)  # `import envpool` raises ImportError
+    with pytest.raises(RLRunError) as refusal:
+        train(compose_config("env.vectorization=envpool", "total_timesteps=256", "env.num_envs=8", "algo.rollout_steps=32"), tmp_path)
+    assert refusal.value.exit_code == 2
+    assert "pip install 'rlrun[envpool]'" in str(refusal.value)
 
 
 def test_tuned_presets_apply_to_their_pair_only():
