@@ -85,6 +85,7 @@ class Collector:
         # What the environments return is written through numpy views of the rollout's
         # tensors: numpy's per-call cost is a fraction of torch's on arrays this small.
         views = tuple(x.numpy() for x in (rollout.rewards, rollout.terminated, rollout.dones, rollout.valid))
+        obs_view, actions_view, dist_params_view = (x.numpy() for x in (rollout.obs, rollout.actions, rollout.dist_params))
         valid_view = views[-1]
         valid_view[~active] = False
         episodes = [Episodes() for _ in self.envs]
@@ -93,9 +94,7 @@ class Collector:
             for t in range(rollout.steps):
                 dist_params = policy.actor(self.obs)
                 actions = policy.head.sample(dist_params, generators, acting)
-                rollout.obs[:, t] = self.obs
-                rollout.actions[:, t] = actions
-                rollout.dist_params[:, t] = dist_params
+                obs_view[:, t], actions_view[:, t], dist_params_view[:, t] = self.obs_np, actions.numpy(), dist_params.numpy()
                 env_actions = policy.head.to_env(actions)
                 for run in acting:
                     self._step(run, env_actions[run])
@@ -110,8 +109,7 @@ class Collector:
             # Neither the critic nor log pi(a|s) plays a part in acting: one batched call each
             # over the steps taken (a whole-episode rollout may end early).
             filled = t + 1
-            dist_params = rollout.dist_params[:, :filled]
-            rollout.log_probs[:, :filled] = policy.distribution(dist_params).log_prob(rollout.actions[:, :filled])
+            rollout.log_probs[:, :filled] = policy.head.log_prob(rollout.dist_params[:, :filled], rollout.actions[:, :filled])
             obs = rollout.obs[:, :filled]
             rollout.values[:, :filled] = policy.value(obs.flatten(1, 2)).view(obs.shape[:3])
             rollout.next_value = policy.value(self.obs)
