@@ -216,7 +216,8 @@ class Trainer:
         )
         self.algo = algo_class([run.config.algo for run in runs], self.policy, self.generators)
         gradient_steps = algo_class.gradient_steps(first.algo, first.env.num_envs, first.total_timesteps)
-        self.compiled = should_compile(first.torch_compile, gradient_steps)
+        # Only algorithms that take minibatch steps (PPO) have a step to compile.
+        self.compiled = gradient_steps is not None and should_compile(first.torch_compile, gradient_steps)
         if self.compiled:
             self.algo.compile()
         head = self.policy.head

@@ -104,7 +104,9 @@ def sb3_worker(seed: int, stop: bool, budget: int, out: str) -> None:
 
 # Equal settings: rlrun overrides and SB3 PPO keyword arguments for the same hyperparameters.
 # Both: separate 64x64 tanh actor and critic, orthogonal init, Adam eps 1e-5, advantages
-# normalised per minibatch, gradient norm clipped to 0.5, vf_coef 0.5, log sigma init 0,
+# normalised per minibatch, gradient norm clipped to 0.5, log sigma init 0, the same weight on
+# the value loss (SB3's vf_coef 0.5 times its MSE; rlrun's value loss is half the MSE, as
+# CleanRL's, so vf_coef 1.0: with 0.5 rlrun's CartPole runs end near 270 where SB3's reach 500),
 # constant clip range 0.2 (rl-zoo3 anneals CartPole's; rlrun has no clip schedule), one torch
 # thread. Where rl-zoo3 normalises (Pendulum, Hopper): observations and rewards, by Gymnasium's
 # arithmetic in rlrun and VecNormalize in SB3 (which also clips them at 10). rl-zoo3's gSDE
@@ -135,7 +137,7 @@ EQUAL = {
                   "algo.gae_lambda=0.95", "algo.lr=3e-4", "algo.ent_coef=0.0", "env.normalize_obs=true", "env.normalize_reward=true"],
     },
 }
-EQUAL_COMMON = ["algo=ppo_clip", "algo.anneal_lr=false", "algo.clip_eps=0.2", "algo.max_grad_norm=0.5", "algo.vf_coef=0.5",
+EQUAL_COMMON = ["algo=ppo_clip", "algo.anneal_lr=false", "algo.clip_eps=0.2", "algo.max_grad_norm=0.5", "algo.vf_coef=1.0",
                 "algo.normalize_advantages=true", "algo.target_kl=null", "eval_episodes=0", "checkpoint_interval=0"]
 
 
@@ -164,10 +166,12 @@ def equal_settings(seeds: list[int], workloads: list[str], compile_setting: str)
     lines = [
         "## The engine at equal settings: rlrun and SB3 PPO, same hyperparameters", "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, CPU only, one process at a time, one torch thread each. "
-        f"Produced by `python scripts/bench.py --equal --seeds {','.join(map(str, seeds))}` "
+        f"Produced by `python scripts/bench.py --equal --seeds {','.join(map(str, seeds))} --torch-compile {compile_setting}` "
         f"(rlrun with `torch_compile={compile_setting}`). Runners alternated per seed; median [min, max] over seeds. "
         "Loop SPS: env steps per second of the training loop (rlrun's summary.json; SB3's `learn()`). "
-        "Return: mean of the last 20 training episodes (raw rewards) at the end of the budget.", "",
+        "Return: mean of the last 20 training episodes (raw rewards) at the end of the budget. With `torch_compile=true` "
+        "rlrun's loop includes compiling: the first seed compiles cold (the minimum of each rlrun column), the later seeds "
+        "find inductor's on-disk cache warm.", "",
         "| workload | env steps | rlrun SPS | SB3 SPS | ratio | rlrun return | SB3 return |", "|---|---|---|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -190,8 +194,10 @@ def equal_settings(seeds: list[int], workloads: list[str], compile_setting: str)
     print(write_section(f"equal-settings-{compile_setting}", lines))
 
 
-def limit() -> dict:
-    """Per-update cost of the default PPO-clip loop's parts, measured in this process."""
+def limit(overrides: tuple[str, ...] = (), repeats: int = 20) -> dict:
+    """Per-update cost of a PPO-clip loop's parts (default: the default run), measured in this
+    process: the vector env alone, acting (the actor and a sample every step, then log pi and
+    the critic once, batched), a whole collection, and one update."""
     import numpy as np
     import torch
     from hydra import compose, initialize_config_module
@@ -202,7 +208,7 @@ def limit() -> dict:
 
     register_schemas(config_classes())
     with initialize_config_module(config_module="rlrun.configs", version_base="1.3"):
-        cfg = compose(config_name="config")
+        cfg = compose(config_name="config", overrides=list(overrides))
     config = to_object(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer([Run(0, config, {}, Path(tmp), {}, None)])  # a group of one, as `rlrun train` builds it
@@ -212,32 +218,58 @@ def limit() -> dict:
         def collect() -> None:
             collector.collect(policy, rollout, acting, trainer.generators)
 
-        for _ in range(20):
+        def timed(work, times: int) -> float:
+            start = time.perf_counter()
+            for _ in range(times):
+                work()
+            return (time.perf_counter() - start) / times
+
+        for _ in range(repeats):  # warm-up (and a compiled update's compilation)
             collect()
             trainer.update()
-        actions = envs.action_space.sample()
-        start = time.perf_counter()
-        for _ in range(steps * 20):
-            envs.step(actions)
-        env_seconds = (time.perf_counter() - start) / 20
+        actions = np.stack([envs.single_action_space.sample() for _ in range(envs.num_envs)])
+        env_seconds = timed(lambda: envs.step(actions), steps * repeats) * steps
         obs = collector.obs
-        start = time.perf_counter()
-        for _ in range(20):
+
+        def act() -> None:
             with torch.inference_mode():
                 for _ in range(steps):  # acting: the actor and a sample, every step
-                    policy.head.sample(policy.actor(obs), trainer.generators, [0])
+                    policy.head.to_env(policy.head.sample(policy.actor(obs), trainer.generators, [0]))
                 # once per rollout, batched: log pi(a|s) and the critic
-                policy.distribution(rollout.dist_params).log_prob(rollout.actions)
+                policy.head.log_prob(rollout.dist_params, rollout.actions)
                 policy.value(rollout.obs.flatten(1, 2))
-        forward_seconds = (time.perf_counter() - start) / 20
+
+        forward_seconds = timed(act, repeats)
+        collect_seconds = timed(collect, repeats)
         update_seconds = 0.0
-        for _ in range(10):  # each on fresh data: target_kl would cut a repeated update short
+        for _ in range(repeats):  # each on fresh data: target_kl would cut a repeated update short
             collect()
-            start = time.perf_counter()
-            trainer.update()
-            update_seconds += (time.perf_counter() - start) / 10
+            update_seconds += timed(trainer.update, 1) / repeats
         envs.close()
-    return {"env": env_seconds, "forward": forward_seconds, "update": update_seconds, "steps_per_update": steps * config.env.num_envs}
+    return {"env": env_seconds, "forward": forward_seconds, "collect": collect_seconds, "update": update_seconds,
+            "steps_per_update": steps * config.env.num_envs, "compiled": trainer.compiled}
+
+
+def parts_table() -> None:
+    """Where an env step of the equal-settings Hopper-v5 run goes, eager and compiled."""
+    hopper = ("env=Hopper-v5", *EQUAL_COMMON, *EQUAL["Hopper-v5"]["rlrun"])
+    lines = [
+        "## Where a Hopper-v5 env step goes (PPO defaults, 1 env x 2048 steps, 10 epochs of 32 minibatches)", "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} cores. Produced by `python scripts/bench.py --parts`: each part "
+        "timed alone in one process (after 3 warm-up updates), in µs per env step.", "",
+        "| part | eager | `torch_compile=true` |", "|---|---|---|",
+    ]
+    eager, compiled = (limit((*hopper, f"torch_compile={setting}"), repeats=3) for setting in ("false", "true"))
+    per_step = lambda parts, key: parts[key] / parts["steps_per_update"] * 1e6  # noqa: E731
+    rows = [
+        ("vector env step alone", lambda p: per_step(p, "env")),
+        ("acting: actor, sample, clip (every step); log pi and critic (batched)", lambda p: per_step(p, "forward")),
+        ("rest of the collection: normalisation, episode statistics, rollout writes", lambda p: per_step(p, "collect") - per_step(p, "env") - per_step(p, "forward")),
+        ("update: advantages, 320 minibatch steps, KL", lambda p: per_step(p, "update")),
+        ("sum", lambda p: per_step(p, "collect") + per_step(p, "update")),
+    ]
+    lines += [f"| {name} | {value(eager):.0f} | {value(compiled):.0f} |" for name, value in rows]
+    print(write_section("parts", lines))
 
 
 def spread(values: list[float], fmt: str = ".2f") -> str:
@@ -250,7 +282,11 @@ def main() -> None:
     parser.add_argument("--equal", action="store_true", help="the equal-settings comparison instead (seeds 1,2,3 unless given)")
     parser.add_argument("--workloads", default=",".join(EQUAL), help="with --equal: which of " + ", ".join(EQUAL))
     parser.add_argument("--torch-compile", default="null", help="with --equal: rlrun's torch_compile (true, false, null: automatic)")
+    parser.add_argument("--parts", action="store_true", help="where a Hopper-v5 env step goes, eager and compiled (section \"parts\")")
     args = parser.parse_args()
+    if args.parts:
+        parts_table()
+        return
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.equal:
         equal_settings(seeds if "--seeds" in sys.argv else [1, 2, 3], args.workloads.split(","), args.torch_compile)
