@@ -16,7 +16,6 @@ takes at least `AUTO_MIN_GRADIENT_STEPS` minibatch gradient steps and a C++ comp
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 from typing import TYPE_CHECKING
@@ -32,11 +31,8 @@ from rlrun.rollout import Batch
 if TYPE_CHECKING:
     from rlrun.algos.base import Algorithm
 
-log = logging.getLogger(__name__)
-
 # At about 2 ms saved per step, 20k steps save about 40 s: more than a cold compile costs.
 AUTO_MIN_GRADIENT_STEPS = 20_000
-
 
 
 class CompiledStep:

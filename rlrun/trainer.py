@@ -330,6 +330,8 @@ class Trainer:
             what = f"training {self.algo.name} on {config.env.id}" + (f" from env step {done:,}" if done else "") + f" to {config.total_timesteps:,} env steps"
         if len(self.runs) > 1:
             what += f" (seed {config.seed}, one of {len(self.runs)} runs trained together)"
+        if self.compiled:
+            what += " (PPO's minibatch step compiled with torch.compile: the first update waits for it; torch_compile=false to skip)"
         preset = run.choices.get("preset")
         if preset and preset != "none":
             what += f" with the preset {preset}"
