@@ -40,11 +40,14 @@ def _assert_same_run(compiled, eager, compiled_stats, eager_stats):
 @needs_compiler
 def test_a_compiled_update_equals_the_eager_one_up_to_rounding(tmp_path):
     """Same seeds, same rollouts: after two updates of 8 minibatch steps each, every parameter
-    and every diagnostic of both runs agrees with the eager group's."""
+    and every diagnostic of both runs agrees with the eager group's; and a compiled rerun is
+    the same to the bit."""
     compiled, compiled_stats = _updates(tmp_path / "compiled", True, RUNS)
     eager, eager_stats = _updates(tmp_path / "eager", False, RUNS)
     _assert_same_run(compiled, eager, compiled_stats, eager_stats)
     assert compiled.algo.optimizer.steps[0].ravel().tolist() == [16, 16]
+    rerun, _ = _updates(tmp_path / "rerun", True, RUNS)
+    assert all(torch.equal(param, dict(rerun.policy.named_parameters())[name]) for name, param in compiled.policy.named_parameters())
 
 
 @needs_compiler
