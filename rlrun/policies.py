@@ -86,6 +86,12 @@ class CategoricalHead(nn.Module):
         log_probs = params.log_softmax(-1)
         return -(log_probs.exp() * log_probs).sum(-1)
 
+    def kl(self, old_params: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """KL(pi_old || pi) = sum_a pi_old(a) (log pi_old(a) - log pi(a)), as `kl_divergence`
+        of the two distributions, without its type dispatch (which torch.compile cannot trace)."""
+        old_log_probs = old_params.log_softmax(-1)
+        return (old_log_probs.exp() * (old_log_probs - params.log_softmax(-1))).sum(-1)
+
     def sample(self, params: torch.Tensor, generators: list[torch.Generator], runs: list[int]) -> torch.Tensor:
         """The Gumbel-max trick: argmax(logits + G), G = -log E with E ~ Exp(1) per logit, is
         distributed as Categorical(logits) (jax.random.categorical samples so), in a few
@@ -140,6 +146,15 @@ class GaussianHead(nn.Module):
     def entropy(self, params: torch.Tensor) -> torch.Tensor:
         _, log_std = params.chunk(2, dim=-1)
         return (log_std + 0.5 * (1 + math.log(2 * math.pi))).sum(-1)
+
+    def kl(self, old_params: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """KL(pi_old || pi) = sum_i log(sigma_i / sigma_old_i) + (sigma_old_i^2 + (mu_old_i - mu_i)^2)
+        / (2 sigma_i^2) - 1/2, as `kl_divergence` of the two distributions, without its type
+        dispatch (which torch.compile cannot trace)."""
+        old_mean, old_log_std = old_params.chunk(2, dim=-1)
+        mean, log_std = params.chunk(2, dim=-1)
+        variance_ratio = torch.exp(2 * (old_log_std - log_std))
+        return (0.5 * (variance_ratio + (old_mean - mean).pow(2) * torch.exp(-2 * log_std) - 1) - (old_log_std - log_std)).sum(-1)
 
     def sample(self, params: torch.Tensor, generators: list[torch.Generator], runs: list[int]) -> torch.Tensor:
         """mean + sigma * N(0, 1) draws for the `runs` that act, run r's from `generators[r]`;

@@ -62,6 +62,20 @@ def test_a_compiled_run_stopped_by_target_kl_stays_put_as_in_eager(tmp_path):
     assert compiled_stats[0]["epochs"].tolist() == [2.0, 1.0]
 
 
+@needs_compiler
+@pytest.mark.slow(reason="compiles PPO-KL's step too (another 10-30 s of compiling)")
+def test_a_compiled_ppo_kl_update_equals_the_eager_one(tmp_path):
+    """PPO-KL's penalty (the heads' closed-form KL) compiles without a graph break, each run
+    with its own beta, and agrees with eager."""
+    runs = [["seed=1", "algo.beta_init=1.0"], ["seed=2", "algo.beta_init=4.0"]]
+    compiled, compiled_stats = _updates(tmp_path / "compiled", True, [["algo=ppo_kl", *run] for run in runs])
+    eager, eager_stats = _updates(tmp_path / "eager", False, [["algo=ppo_kl", *run] for run in runs])
+    for name, param in compiled.policy.named_parameters():
+        assert torch.allclose(param, dict(eager.policy.named_parameters())[name], atol=1e-5), name
+    for ours, theirs in zip(compiled_stats, eager_stats):
+        assert torch.allclose(ours["kl_penalty"], theirs["kl_penalty"], rtol=1e-4, atol=1e-7)
+
+
 def test_auto_compiles_ppo_runs_long_enough_to_repay_the_compile_time():
     ppo = ALGORITHMS["ppo_clip"]
     hopper = to_object(compose_config("env=Hopper-v5"))  # the MuJoCo preset: 1M steps

@@ -1,9 +1,11 @@
-"""The heads' lean log-probabilities and entropies (the loss's hot path) against
+"""The heads' lean log-probabilities, entropies and KLs (the losses' hot path) against
 torch.distributions, which the heads' `distribution` builds for everything else."""
 
 import gymnasium as gym
 import pytest
 import torch
+
+from torch.distributions import kl_divergence
 
 from rlrun.policies import CategoricalHead, GaussianHead
 
@@ -19,6 +21,10 @@ def test_lean_log_prob_and_entropy_equal_torch_distributions(head):
     reference = head.distribution(params)
     assert torch.allclose(head.log_prob(params, actions), reference.log_prob(actions), atol=1e-5)
     assert torch.allclose(head.entropy(params), reference.entropy(), atol=1e-5)
+    other = head(torch.randn(2, 5, head.num_outputs, generator=generator)).detach()
+    other[..., -1] += 0.3  # the Gaussian's last log sigma differs too
+    assert torch.allclose(head.kl(params, other), kl_divergence(reference, head.distribution(other)), atol=1e-5)
+    assert torch.allclose(head.kl(params, params), torch.zeros(2, 5), atol=1e-6)
     # and their gradients, which the loss follows
     params.requires_grad_()
     lean = torch.autograd.grad((head.log_prob(params, actions) + head.entropy(params)).sum(), params)[0]

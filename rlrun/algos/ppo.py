@@ -16,7 +16,6 @@ from typing import Optional
 
 import torch
 from omegaconf import MISSING
-from torch.distributions import kl_divergence
 
 from rlrun.algos.base import FixedRolloutAlgorithm, FixedRolloutConfig, normalize
 from rlrun.config import bound, check
@@ -214,8 +213,7 @@ class PPOKL(PPO):
         self.kl_beta[run] = state["kl_beta"]
 
     def policy_loss(self, ratio, advantages, dist_params, minibatch):
-        policy = self.policy
-        kl = minibatch.mean(kl_divergence(policy.distribution(minibatch.old_dist_params), policy.distribution(dist_params)))
+        kl = minibatch.mean(self.policy.head.kl(minibatch.old_dist_params, dist_params))
         surrogate = minibatch.mean(ratio * advantages)
         return -(surrogate - self.kl_beta * kl), {"kl_penalty": kl}
 
