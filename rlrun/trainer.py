@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from torch.distributions import Distribution, kl_divergence
+from torch.distributions import Distribution
 
 from rlrun.algos import algorithm_class
 from rlrun.checkpoint import (
@@ -505,9 +505,8 @@ def policy_change(policy: ActorCritic, batch: Batch) -> dict[str, torch.Tensor]:
     """Where an update left the policy, over each run's batch states: the exact mean
     KL(pi_old || pi_theta), pi_old as stored at collection, and the mean entropy of pi_theta, (R,)."""
     with torch.no_grad():
-        old = policy.distribution(batch.old_dist_params)
-        new = policy.distribution(policy.actor(batch.obs))
-        return {"kl": batch.mean(kl_divergence(old, new)), "entropy": batch.mean(new.entropy())}
+        dist_params = policy.actor(batch.obs)
+        return {"kl": batch.mean(policy.head.kl(batch.old_dist_params, dist_params)), "entropy": batch.mean(policy.head.entropy(dist_params))}
 
 
 def explained_variance(predicted: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
