@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from rlrun import stats
 from rlrun.checkpoint import SUMMARY_FILE
-from rlrun.config import flatten
+from rlrun.config import flatten, solved_return
 from rlrun.errors import RLRunError
 from rlrun.tracking import TENSORBOARD_SUBDIR
 
@@ -383,14 +383,13 @@ def _same(value: Any, wanted: Any) -> bool:
 
 
 def default_threshold(runs: list[Run]) -> float | None:
-    """Gymnasium's reward threshold for the sweep's environment, when there is one."""
-    import gymnasium as gym
-
+    """When the sweep's environment counts as solved (rlrun.config.solved_return): its runs'
+    env.solved_return, else (runs saved before that key, or null) Gymnasium's reward threshold."""
     env_ids = {run.info.get("env.id") for run in runs} - {None}
-    if len(env_ids) != 1:
+    configured = {run.info.get("env.solved_return") for run in runs}
+    if len(env_ids) != 1 or len(configured) != 1:
         return None
-    (env_id,) = env_ids
-    return gym.spec(env_id).reward_threshold if env_id in gym.registry else None
+    return solved_return(env_ids.pop(), configured.pop())
 
 
 # Comparing groups: `rlrun compare`.
@@ -437,7 +436,7 @@ def metric_scores(finished: dict[str, list[Run]], metric: str, threshold: float 
     if metric not in METRICS:
         raise RLRunError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}.")
     if metric in LOWER_IS_BETTER and threshold is None:
-        raise RLRunError(f"--metric {metric} needs --threshold R: the environment has no Gymnasium reward threshold.")
+        raise RLRunError(f"--metric {metric} needs --threshold R: the environment has no env.solved_return.")
     end = _common_end(finished) if metric == "auc" else None
     scores, notes = {}, []
     for name, runs in finished.items():

@@ -38,7 +38,8 @@ SUMMARY_FILE = "summary.json"
 FORMAT_VERSION = 2  # 1: pickled objects (rlrun before 2026-12); 2: data only
 REQUIRED_KEYS = {"format_version", "config", "global_step", "updates", "policy", "algo", "collector", "torch_rng"}
 # What a resumed run may change: how long it trains, and how (not what) it computes.
-RESUMABLE_CHANGES = {"resume", "total_timesteps", "torch_compile"}
+# env.solved_return: a threshold for reading results, which runs saved before it existed lack.
+RESUMABLE_CHANGES = {"resume", "total_timesteps", "torch_compile", "env.solved_return"}
 
 log = logging.getLogger(__name__)
 _umask = os.umask(0)

@@ -110,7 +110,7 @@ def train(ctx: typer.Context) -> None:
 
     register_schemas(config_classes())
     try:
-        args = launch.integral_floats(launch.resume_arguments(list(ctx.args)))
+        args = launch.solved_targets(launch.integral_floats(launch.resume_arguments(list(ctx.args))))
         args = launch.check_overrides(args)
     except RLRunError as err:
         _exit_with(err)
@@ -138,16 +138,18 @@ def evaluate_command(
     episodes: int = typer.Option(10, min=1, help="Episodes to play."),
     seed: Optional[int] = typer.Option(None, help="Seed of the first episode (default: the seed of the run's own final evaluation)."),
     video: Optional[Path] = typer.Option(None, help="Record every episode as MP4 into this directory (needs `pip install 'rlrun\\[video]'`)."),
+    stochastic: bool = typer.Option(False, "--stochastic", help="Sample actions from the policy instead of taking the most likely one."),
 ) -> None:
-    """Evaluate a trained run deterministically with the configuration it was trained with."""
+    """Evaluate a trained run with the configuration it was trained with: the policy's most
+    likely actions (deterministic), or with --stochastic actions sampled from it, as in training."""
     from rlrun.evaluation import evaluate_run
 
     try:
-        returns = evaluate_run(run_dir, episodes, seed, video)
+        returns = evaluate_run(run_dir, episodes, seed, video, stochastic)
     except RLRunError as err:
         _exit_with(err)
     Console().print(
-        f"{run_dir}: return {returns.mean():.2f} ± {returns.std():.2f} over {returns.size} episodes "
+        f"{run_dir}: {'stochastic' if stochastic else 'deterministic'} return {returns.mean():.2f} ± {returns.std():.2f} over {returns.size} episodes "
         f"(min {returns.min():.2f}, max {returns.max():.2f})",
         highlight=False, soft_wrap=True,
     )
@@ -198,7 +200,7 @@ def plot(
 def summary(
     sweep_dir: Path = typer.Argument(..., help="A sweep (or any) directory holding runs."),
     group_by: str = typer.Option("algo", help="Config key to group runs by."),
-    threshold: Optional[float] = typer.Option(None, help="Return to reach (default: the environment's Gymnasium reward threshold)."),
+    threshold: Optional[float] = typer.Option(None, help="Return to reach (default: the environment's env.solved_return)."),
     per_run: bool = typer.Option(False, "--runs", help="One row per run, best final evaluation return first, instead of one per group."),
 ) -> None:
     """Tabulate a sweep per group (or, with --runs, per run): final returns, time to a threshold.
@@ -241,7 +243,7 @@ def compare(
     paths: list[Path] = typer.Argument(..., metavar="SWEEP_OR_GROUP", help="Directories of runs: each one group, or with --by (and for a single directory) pooled and grouped by a key."),
     by: Optional[str] = typer.Option(None, "--by", "--group-by", help="Config key whose values are the groups: algo, env.id, algo.lr, ... (default for a single directory: algo)."),
     metric: str = typer.Option("eval", help="eval: final evaluation return; recent: last 20 training episodes; auc: mean training return over the steps every run trained; steps, seconds: until --threshold (fewer is better)."),
-    threshold: Optional[float] = typer.Option(None, help="Return for --metric steps|seconds (default: the environment's Gymnasium reward threshold)."),
+    threshold: Optional[float] = typer.Option(None, help="Return for --metric steps|seconds (default: the environment's env.solved_return)."),
     reference: Optional[str] = typer.Option(None, help="Place each group beside published PPO returns: cleanrl or rl-zoo3."),
     as_json: bool = typer.Option(False, "--json", help="Print everything as JSON, for scripts."),
     force: bool = typer.Option(False, "--force", help="Compare groups of different environments anyway."),

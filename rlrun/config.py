@@ -82,6 +82,10 @@ class EnvConfig:
     # statistics are saved with checkpoints.
     normalize_obs: bool = MISSING
     normalize_reward: bool = MISSING  # scale rewards by the std of the discounted return
+    # The evaluation return at which the env counts as solved (README, "Algorithms and
+    # environments"): what `target_return=solved` stops at and what `rlrun summary` counts;
+    # null: Gymnasium's reward threshold for the id, if it has one (solved_return below).
+    solved_return: Optional[float] = MISSING
 
     def __post_init__(self) -> None:
         bound("env.num_envs", self.num_envs, ">=", 1)
@@ -170,6 +174,30 @@ class Config:
         self.algo.check_run(self.env.num_envs, self.total_timesteps)
 
 
+def solved_return(env_id: str, configured: float | None) -> float | None:
+    """When `env_id` counts as solved: `configured` (its config's env.solved_return), else
+    Gymnasium's reward threshold for the id; None if neither has one."""
+    if configured is not None:
+        return configured
+    import gymnasium as gym
+
+    return gym.spec(env_id).reward_threshold if env_id in gym.registry else None
+
+
+def _solved_target(*, _root_: DictConfig) -> float:
+    """The value of `target_return=solved` (rlrun.launch.solved_targets)."""
+    value = solved_return(_root_.env.id, _root_.env.solved_return)
+    if value is None:
+        raise RLRunError(
+            f"target_return=solved stops at env.solved_return, and neither the config of {_root_.env.id} nor "
+            "Gymnasium sets one; give a number instead (target_return=R) or set one (env.solved_return=R)."
+        )
+    return value
+
+
+OmegaConf.register_new_resolver("rlrun.solved_return", _solved_target)
+
+
 ALGO_CONFIGS: dict[str, type] = {}  # algo= choice -> its config class, set by register_schemas
 
 
@@ -199,9 +227,19 @@ def to_object(cfg: DictConfig) -> Config:
     try:
         config = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as err:
+        cause = _raised_by_resolver(err)
+        if cause is not None:
+            raise cause from None
         raise RLRunError(f"Invalid configuration: {err}") from None
     assert isinstance(config, Config)
     return config
+
+
+def _raised_by_resolver(err: BaseException) -> RLRunError | None:
+    """The RLRunError one of rlrun's resolvers raised, which OmegaConf wraps in its own."""
+    while err is not None and not isinstance(err, RLRunError):
+        err = err.__cause__ or err.__context__
+    return err
 
 
 def _fields(schema: type, prefix: str = "") -> list[str]:

@@ -1,4 +1,5 @@
-"""Deterministic evaluation: the policy's most likely action, fresh seeded episodes."""
+"""Evaluation: fresh seeded episodes played with the policy's most likely action (deterministic,
+the default) or with actions sampled from it (stochastic)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,11 @@ UNLIMITED_EPISODE_STEPS = 100_000  # evaluation gives up on an episode this long
 
 def evaluate(
     policy: ActorCritic, env_config: EnvConfig, episodes: int, seeds: dict[int, int],
-    obs_stats: dict[int, RunningMeanStd | None], video_dir: Path | None = None,
+    obs_stats: dict[int, RunningMeanStd | None], video_dir: Path | None = None, stochastic: bool = False,
 ) -> dict[int, np.ndarray]:
-    """Returns of `episodes` complete episodes played with the mode of pi(.|s), for each run r
+    """Returns of `episodes` complete episodes played with the mode of pi(.|s) (with
+    `stochastic`, actions sampled from pi(.|s), run r's draws from a generator seeded by
+    `seeds[r]`, so they repeat and do not depend on the other runs), for each run r
     of `policy` in `seeds`: fresh episodes seeded by `seeds[r]`, observations normalised with
     run r's training statistics `obs_stats[r]` (frozen; None: not normalised). The runs play
     side by side, one batched forward pass per step for all of them.
@@ -39,6 +42,7 @@ def evaluate(
     num_envs = 1 if video_dir else episodes
     runs = {run: _EvalRun(env_config, num_envs, episodes, video_dir, obs_stats[run]) for run in seeds}
     limit = _episode_step_limit(env_config.id)
+    generators = [torch.Generator().manual_seed(seeds.get(run, 0)) for run in range(policy.num_runs)]
     try:
         with optional_dependencies(env_config.id, video=video_dir is not None):
             obs = np.zeros((policy.num_runs, num_envs, *policy.obs_shape), dtype=np.float32)
@@ -49,7 +53,9 @@ def evaluate(
                 if not playing:
                     break
                 with torch.inference_mode():
-                    actions = policy.head.to_env(policy.distribution(policy.actor(torch.from_numpy(obs))).mode)
+                    params = policy.actor(torch.from_numpy(obs))
+                    actions = policy.head.sample(params, generators, playing) if stochastic else policy.distribution(params).mode
+                    actions = policy.head.to_env(actions)
                 for run in playing:
                     obs[run] = runs[run].step(actions[run])
     finally:
@@ -107,8 +113,9 @@ def _episode_step_limit(env_id: str) -> int:
     return gym.spec(env_id).max_episode_steps or UNLIMITED_EPISODE_STEPS
 
 
-def evaluate_run(run_dir: Path, episodes: int, seed: int | None = None, video_dir: Path | None = None) -> np.ndarray:
-    """Evaluate the newest checkpoint of `run_dir` with the configuration it was trained with.
+def evaluate_run(run_dir: Path, episodes: int, seed: int | None = None, video_dir: Path | None = None, stochastic: bool = False) -> np.ndarray:
+    """Evaluate the newest checkpoint of `run_dir` with the configuration it was trained with,
+    deterministically or (`stochastic`) with sampled actions.
 
     The default seed is the one the run's own final evaluation used, so the numbers agree.
     """
@@ -134,4 +141,4 @@ def evaluate_run(run_dir: Path, episodes: int, seed: int | None = None, video_di
         raise RLRunError(f"The checkpoint of {run_dir} does not fit its own configuration: {err}") from None
     seed = saved["seed"] + EVAL_SEED_OFFSET if seed is None else seed
     obs_stats = state["collector"]["normalizers"].get("obs")
-    return evaluate(policy, env_config, episodes, {0: seed}, {0: running_stats(obs_stats) if obs_stats else None}, video_dir)[0]
+    return evaluate(policy, env_config, episodes, {0: seed}, {0: running_stats(obs_stats) if obs_stats else None}, video_dir, stochastic)[0]

@@ -138,6 +138,12 @@ def integral_floats(args: list[str]) -> list[str]:
     return [re.sub(r"(?<=[=,])\d+(\.\d*)?[eE]\+?\d+(?=,|$)", integral, arg) if "=" in arg and not arg.startswith("-") else arg for arg in args]
 
 
+def solved_targets(args: list[str]) -> list[str]:
+    """`target_return=solved` (a sweep's value too) -> each job's own env.solved_return, read
+    when its config resolves (rlrun.config.solved_return)."""
+    return [re.sub(r"(?<=[=,])solved(?=,|$)", "${rlrun.solved_return:}", arg) if arg.startswith("target_return=") else arg for arg in args]
+
+
 def _quoted(path: Path) -> str:
     """A path as a quoted Hydra override value (run directories contain '=' and ',')."""
     return "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"

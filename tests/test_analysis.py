@@ -17,7 +17,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from helpers import TINY, run_rlrun
-from rlrun.analysis import RETURN_TAG, Run, on_grid, plot_curves
+from rlrun.analysis import RETURN_TAG, Run, default_threshold, on_grid, plot_curves
 from rlrun.cli import app
 from rlrun.stats import mean_band
 
@@ -230,3 +230,13 @@ def test_readers_cope_with_runs_in_progress_and_missing_data(sweep, tmp_path):
     assert plot.exit_code == 0 and f"note: {starting.name}: no {RETURN_TAG} logged (running), left out" in plot.stderr
     empty = rlrun("summary", tmp_path / "nothing_here")
     assert empty.exit_code == 2 and empty.stderr.startswith("error: ") and "Traceback" not in empty.stderr
+
+
+def test_the_default_threshold_is_the_envs_solved_return(tmp_path):
+    def runs(**info):
+        return [Run(tmp_path, info={"env.id": "Hopper-v5", **info})] * 2
+
+    assert default_threshold(runs(**{"env.solved_return": 2383.0})) == 2383.0
+    assert default_threshold(runs()) == 3800.0  # saved before env.solved_return: Gymnasium's reward threshold
+    assert default_threshold(runs(**{"env.solved_return": None})) == 3800.0
+    assert default_threshold([Run(tmp_path, info={"env.id": "Pendulum-v1", "env.solved_return": None})]) is None

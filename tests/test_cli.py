@@ -104,8 +104,9 @@ def test_multirun_gives_each_job_its_own_run_and_survives_a_failing_job(tmp_path
         ("algo.lr=abc", 2, "algo.lr"),
         ("total_timesteps=-5", 2, "total_timesteps must be >= 1"),
         ("algo.lr=1e30 total_timesteps=2048", 1, "Training diverged at update 1"),
+        ("env=generic env.id=Pendulum-v1 target_return=solved", 2, "target_return=solved stops at env.solved_return, and neither the config of Pendulum-v1 nor Gymnasium sets one"),
     ],
-    ids=["rlrun-check", "hydra-check", "schema-check", "failed-run"],
+    ids=["rlrun-check", "hydra-check", "schema-check", "failed-run", "resolver-check"],
 )
 def test_bad_input_is_one_clear_paragraph_and_its_exit_code(tmp_path, overrides, code, message):
     run_dir = tmp_path / "run"

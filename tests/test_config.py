@@ -10,6 +10,7 @@ import pytest
 from omegaconf import MISSING, OmegaConf
 
 from helpers import ALGOS, compose_config
+from rlrun import launch
 from rlrun.algos import ALGORITHMS
 from rlrun.config import Config, EnvConfig, PolicyConfig, to_object
 from rlrun.errors import RLRunError
@@ -73,3 +74,19 @@ def test_overrides_reach_the_objects():
 def test_out_of_range_values_are_refused(override, message):
     with pytest.raises(RLRunError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         to_object(compose_config(override))
+
+
+@pytest.mark.parametrize("env_config", sorted(p.stem for p in (CONFIGS / "env").glob("*.yaml") if p.stem != "generic"))
+def test_every_shipped_env_says_when_it_is_solved(env_config):
+    assert isinstance(to_object(compose_config(f"env={env_config}")).env.solved_return, float)
+
+
+def test_target_return_solved_stops_at_each_envs_own_solved_return():
+    (solved,) = launch.solved_targets(["target_return=solved"])
+    assert [to_object(compose_config(f"env={env}", solved)).target_return for env in ("CartPole-v1", "Pendulum-v1")] == [475, -200]
+    assert to_object(compose_config("env=CartPole-v1", solved, "env.solved_return=300")).target_return == 300
+    assert launch.solved_targets(["target_return=solved,400", "seed=1"]) == ["target_return=${rlrun.solved_return:},400", "seed=1"]
+    assert to_object(compose_config("env=generic", "env.id=MountainCar-v0", solved)).target_return == -110  # Gymnasium's
+    with pytest.raises(RLRunError, match=r"neither the config of Pendulum-v1 nor Gymnasium sets one; give a number instead") as refusal:
+        to_object(compose_config("env=generic", "env.id=Pendulum-v1", solved))
+    assert "\n" not in str(refusal.value)  # one paragraph, without OmegaConf's key and type lines

@@ -9,14 +9,20 @@ import signal
 import subprocess
 import time
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from helpers import RLRUN, TINY, compose_config, group_trainer, read_summary, run_rlrun, tb_events
 from rlrun import cli, launch
+from rlrun.checkpoint import check_resumable
+from rlrun.config import EnvConfig, PolicyConfig
 from rlrun.errors import RLRunError
+from rlrun.evaluation import evaluate, evaluate_run
 from rlrun.lifecycle import StopSignals, TrainingDiverged, non_finite
+from rlrun.policies import ActorCritic
 from rlrun.trainer import train
 
 # About a second of training (10 updates of 32 envs x 32 steps), checkpointed every 2 updates
@@ -146,6 +152,35 @@ def test_eval_reproduces_the_runs_own_evaluation(cli_run):
     result = CliRunner().invoke(cli.app, ["eval", str(run_dir), "--episodes", "10"])
     assert result.exit_code == 0, result.output
     assert f"return {read_summary(run_dir)['eval_return_mean']:.2f}" in result.stdout
+
+
+def test_stochastic_eval_samples_actions_and_repeats(cli_run):
+    run_dir = cli_run[0]
+    stochastic = evaluate_run(run_dir, 4, stochastic=True)
+    np.testing.assert_array_equal(evaluate_run(run_dir, 4, stochastic=True), stochastic)  # seeded draws
+    assert not np.array_equal(stochastic, evaluate_run(run_dir, 4))
+    result = CliRunner().invoke(cli.app, ["eval", str(run_dir), "--episodes", "4", "--stochastic"])
+    assert result.exit_code == 0, result.output
+    assert f"stochastic return {stochastic.mean():.2f}" in result.stdout
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_a_runs_stochastic_eval_does_not_depend_on_its_group(env_id):
+    """Run 0 of a group of two draws its actions as it would alone: from its own generator."""
+    env_config = EnvConfig(id=env_id, num_envs=1, vectorization=None, normalize_obs=False, normalize_reward=False, solved_return=None)
+    space = gym.make(env_id)
+    policies = [
+        ActorCritic(space.observation_space, space.action_space, PolicyConfig([16], "tanh", 0.0), False, [torch.Generator().manual_seed(s) for s in seeds])
+        for seeds in ([1], [1, 2])
+    ]
+    alone, grouped = (evaluate(policy, env_config, 3, dict(enumerate((5, 6)[:policy.num_runs])), {0: None, 1: None}, stochastic=True) for policy in policies)
+    np.testing.assert_array_equal(grouped[0], alone[0])
+
+
+def test_a_run_saved_before_solved_return_existed_resumes(cli_run):
+    saved = torch.load(cli_run[0] / "checkpoint.pt", weights_only=True)["config"]
+    older = {**saved, "env": {key: value for key, value in saved["env"].items() if key != "solved_return"}}
+    check_resumable(cli_run[0], older, saved)  # no refusal
 
 
 def test_eval_records_playable_mp4(tmp_path, monkeypatch, capfd):
