@@ -34,6 +34,7 @@ import time
 from pathlib import Path
 
 from benchdoc import write_section
+from ladder import ladder_order
 
 from rlrun import analysis, stats
 from rlrun.evaluation import evaluate_run
@@ -111,25 +112,25 @@ def main() -> None:
     found = presets(args.envs.split(","), args.algos.split(",") if args.algos else None)
     if not found:
         sys.exit(f"no preset in {CONFIGS / 'tuned'} for {args.envs}")
-    commands, rows, misses = [], [], []
+    commands, rows, misses = [], {}, []
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         for algo, envs in found.items():
             commands.append(sweep(algo, envs, args.seeds, args.set, args.max_group_size, Path(tmp) / algo))
-        hours = (time.perf_counter() - start) / 3600
+        minutes = (time.perf_counter() - start) / 60
         for algo, envs in found.items():
             runs = analysis.find_runs(Path(tmp) / algo)
             for env_id in envs:
-                line, meets = row(algo, env_id, [run for run in runs if run.info.get("env.id") == env_id])
-                rows.append(line)
+                rows[env_id, algo], meets = row(algo, env_id, [run for run in runs if run.info.get("env.id") == env_id])
                 misses += [] if meets else [f"{algo} on {env_id}"]
+    order = args.envs.split(","), ladder_order()  # rows by env, then up the ladder
     section = write_section(args.section, [
         f"### {'Presets' if not args.set else 'With `' + ' '.join(args.set) + '`'}: {', '.join(args.envs.split(','))}",
         "",
         f"Machine: {platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} cores, CPU only. "
         f"Produced by `python scripts/presets.py --envs {args.envs}{f' --algos {args.algos}' if args.algos else ''} --seeds {args.seeds}"
         f"{''.join(f' --set {shlex.quote(value)}' for value in args.set)} "
-        f"--section {args.section}` in {hours:.1f} h of wall time, which runs:",
+        f"--section {args.section}` in {minutes:.0f} minutes of wall time, which runs:",
         "",
         *(f"    {command}" for command in commands),
         "",
@@ -141,7 +142,7 @@ def main() -> None:
         "",
         "| env | algo | budget (env steps) | solved at | deterministic (mean ± sd over seeds) | IQM [95% bootstrap CI] | stochastic (mean ± sd) | per seed | solved | env steps to it | seconds to it | wall s per run | published PPO | goal met |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-        *rows,
+        *(rows[key] for key in sorted(rows, key=lambda key: (order[0].index(key[0]), order[1].index(key[1])))),
         "",
         f"Goal: at least {GOAL_SEEDS} of 5 seeds solved or, where the solved return is a published figure, a mean "
         f"within one published standard deviation of it or above. Not met: {', '.join(misses) or 'none'}.",

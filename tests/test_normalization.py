@@ -101,7 +101,8 @@ def test_evaluation_normalises_with_the_runs_statistics_frozen(tmp_path):
 
 # Pendulum with both normalisers, 128 steps per env per update: episodes (200 steps, 3 in each
 # of 2 envs by the end) and discounted returns run across the checkpoint of the interrupted run.
-RESUMABLE = ["env=Pendulum-v1", *NORMALIZED, "env.num_envs=2", "algo.rollout_steps=128", "eval_episodes=1"]
+# A constant lr: an annealed one follows total_timesteps, which the two runs set differently.
+RESUMABLE = ["env=Pendulum-v1", *NORMALIZED, "env.num_envs=2", "algo.rollout_steps=128", "algo.anneal_lr=false", "eval_episodes=1"]
 
 
 def _resume(run_dir, total_timesteps):

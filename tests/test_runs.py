@@ -121,7 +121,7 @@ def test_train_help_names_the_preset_and_advertises_no_broken_completion(monkeyp
     output = RUNNER.invoke(app, ["train", "--help"]).output
     assert "Applied here: configs/tuned/ppo_clip_CartPole-v1.yaml" in output
     assert "-sc" not in output and "shell-completion" not in output
-    assert "No preset applied (pg_CartPole-v1)" in RUNNER.invoke(app, ["train", "algo=pg", "--help"]).output
+    assert "No preset applied (pg_Pendulum-v1)" in RUNNER.invoke(app, ["train", "algo=pg", "env=Pendulum-v1", "--help"]).output
 
 
 @pytest.fixture(scope="module")
