@@ -42,7 +42,7 @@ def evaluate(
     num_envs = 1 if video_dir else episodes
     runs = {run: _EvalRun(env_config, num_envs, episodes, video_dir, obs_stats[run]) for run in seeds}
     limit = _episode_step_limit(env_config.id)
-    generators = [torch.Generator().manual_seed(seeds.get(run, 0)) for run in range(policy.num_runs)]
+    generators = [torch.Generator().manual_seed(seeds.get(run, 0)) for run in range(policy.num_runs)] if stochastic else []
     try:
         with optional_dependencies(env_config.id, video=video_dir is not None):
             obs = np.zeros((policy.num_runs, num_envs, *policy.obs_shape), dtype=np.float32)

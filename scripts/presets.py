@@ -72,25 +72,35 @@ def published(env_id: str) -> list[dict]:
     ]
 
 
+def meets_goal(deterministic: list[float], solved_at: float, references: list[dict]) -> bool:
+    """At least GOAL_SEEDS seeds solved; where the solved return is a published figure, a mean
+    within one published standard deviation of it, or above."""
+    standard = next((entry for entry in references if abs(entry["mean"] - solved_at) < 1), None)
+    if standard is None:
+        return sum(value >= solved_at for value in deterministic) >= GOAL_SEEDS
+    return statistics.mean(deterministic) >= standard["mean"] - standard["spread"]
+
+
+def mean_sd(values: list[float]) -> str:
+    return f"{statistics.mean(values):.0f} ± {statistics.stdev(values) if len(values) > 1 else 0:.0f}"
+
+
 def row(algo: str, env_id: str, runs: list[analysis.Run]) -> tuple[str, bool]:
     """The table row of one preset, and whether it meets its goal."""
     done = sorted((run for run in runs if run.status == "completed"), key=lambda run: run.info["seed"])
     solved_at = done[0].info["env.solved_return"]
     deterministic = [run.summary["eval_return_mean"] for run in done]
     stochastic = [float(evaluate_run(run.path, EVAL_EPISODES, stochastic=True).mean()) for run in done]
-    described = stats.describe(deterministic)
+    iqm = stats.describe(deterministic)
+    iqm_low, iqm_high = iqm["iqm_ci"] or (iqm["iqm"], iqm["iqm"])
     reached = [reach for reach in (run.reaching(solved_at) for run in done) if reach[0] is not None]
-    solved = sum(value >= solved_at for value in deterministic)
     references = published(env_id)
-    standard = next((entry for entry in references if abs(entry["mean"] - solved_at) < 1), None)
-    meets = solved >= GOAL_SEEDS if standard is None else described["mean"] >= standard["mean"] - standard["spread"]
-    iqm_low, iqm_high = described["iqm_ci"] or (described["iqm"], described["iqm"])
+    meets = meets_goal(deterministic, solved_at, references)
     cells = [
         env_id, algo, f"{done[0].summary['total_timesteps']:,}", f"{solved_at:g}",
-        f"{described['mean']:.0f} ± {described['std'] or 0:.0f}", f"{described['iqm']:.0f} [{iqm_low:.0f}, {iqm_high:.0f}]",
-        f"{statistics.mean(stochastic):.0f} ± {statistics.stdev(stochastic) if len(stochastic) > 1 else 0:.0f}",
+        mean_sd(deterministic), f"{iqm['iqm']:.0f} [{iqm_low:.0f}, {iqm_high:.0f}]", mean_sd(stochastic),
         ", ".join(f"{run.info['seed']}: {det:.0f} / {sto:.0f}" for run, det, sto in zip(done, deterministic, stochastic)),
-        f"{solved}/{len(runs)}",
+        f"{sum(value >= solved_at for value in deterministic)}/{len(runs)}",
         f"{statistics.median(steps for steps, _ in reached):,.0f} ({len(reached)}/{len(runs)})" if reached else f"not reached (0/{len(runs)})",
         f"{statistics.median(seconds for _, seconds in reached):.0f}" if reached else "",
         f"{statistics.median(run.summary['wall_seconds'] for run in done):.0f}",
