@@ -436,7 +436,7 @@ def metric_scores(finished: dict[str, list[Run]], metric: str, threshold: float 
     if metric not in METRICS:
         raise RLRunError(f"--metric must be one of {', '.join(METRICS)}, got {metric!r}.")
     if metric in LOWER_IS_BETTER and threshold is None:
-        raise RLRunError(f"--metric {metric} needs --threshold R: the environment has no env.solved_return.")
+        raise RLRunError(f"--metric {metric} needs --threshold R: the environment has no solved return (env.solved_return, or Gymnasium's reward threshold).")
     end = _common_end(finished) if metric == "auc" else None
     scores, notes = {}, []
     for name, runs in finished.items():
