@@ -162,11 +162,15 @@ def sb3_equal_worker(env_id: str, seed: int, budget: int, out: str) -> None:
     Path(out).write_text(json.dumps({"sps": model.num_timesteps / seconds, "recent": float(np.mean(recent)) if recent else None}))
 
 
-def equal_settings(seeds: list[int], workloads: list[str], compile_setting: str) -> None:
+def equal_settings(seeds: list[int], workloads: list[str], compile_setting: str, budget: int | None) -> None:
+    """The equal-settings table; `budget` replaces every workload's own (a longer run spreads
+    the compile over more steps), in a section of its own."""
+    command = f"--seeds {','.join(map(str, seeds))} --torch-compile {compile_setting}"
+    command += f" --workloads {','.join(workloads)} --budget {budget}" if budget else ""
     lines = [
-        "## The engine at equal settings: rlrun and SB3 PPO, same hyperparameters", "",
+        "## The engine at equal settings: rlrun and SB3 PPO, same hyperparameters" + (f", {budget:,} env steps" if budget else ""), "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, CPU only, one process at a time, one torch thread each. "
-        f"Produced by `python scripts/bench.py --equal --seeds {','.join(map(str, seeds))} --torch-compile {compile_setting}` "
+        f"Produced by `python scripts/bench.py --equal {command}` "
         f"(rlrun with `torch_compile={compile_setting}`). Runners alternated per seed; median [min, max] over seeds. "
         "Loop SPS: env steps per second of the training loop (rlrun's summary.json; SB3's `learn()`). "
         "Return: mean of the last 20 training episodes (raw rewards) at the end of the budget. With `torch_compile=true` "
@@ -177,7 +181,7 @@ def equal_settings(seeds: list[int], workloads: list[str], compile_setting: str)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for env_id in workloads:
-            workload, ours, theirs = EQUAL[env_id], [], []
+            workload, ours, theirs = {**EQUAL[env_id], **({"budget": budget} if budget else {})}, [], []
             for seed in seeds:
                 ours.append(rlrun_run(tmp, f"{env_id}-{seed}", f"env={env_id}", *EQUAL_COMMON, *workload["rlrun"], f"seed={seed}",
                                       f"total_timesteps={workload['budget']}", f"torch_compile={compile_setting}"))
@@ -191,7 +195,7 @@ def equal_settings(seeds: list[int], workloads: list[str], compile_setting: str)
                 f"{spread(ratios)} | {returns(ours, 'train_return_recent')} | {returns(theirs, 'recent')} |"
             )
             print(lines[-1], flush=True)
-    print(write_section(f"equal-settings-{compile_setting}", lines))
+    print(write_section(f"equal-settings-{compile_setting}" + (f"-{budget}" if budget else ""), lines))
 
 
 def limit(overrides: tuple[str, ...] = (), repeats: int = 20) -> dict:
@@ -282,6 +286,7 @@ def main() -> None:
     parser.add_argument("--equal", action="store_true", help="the equal-settings comparison instead (seeds 1,2,3 unless given)")
     parser.add_argument("--workloads", default=",".join(EQUAL), help="with --equal: which of " + ", ".join(EQUAL))
     parser.add_argument("--torch-compile", default="null", help="with --equal: rlrun's torch_compile (true, false, null: automatic)")
+    parser.add_argument("--budget", type=int, default=None, help="with --equal: env steps of every workload instead of its own (a section of its own)")
     parser.add_argument("--parts", action="store_true", help="where a Hopper-v5 env step goes, eager and compiled (section \"parts\")")
     args = parser.parse_args()
     if args.parts:
@@ -289,7 +294,7 @@ def main() -> None:
         return
     seeds = [int(s) for s in args.seeds.split(",")]
     if args.equal:
-        equal_settings(seeds if "--seeds" in sys.argv else [1, 2, 3], args.workloads.split(","), args.torch_compile)
+        equal_settings(seeds if "--seeds" in sys.argv else [1, 2, 3], args.workloads.split(","), args.torch_compile, args.budget)
         return
     lines = ["## Speed: CartPole-v1 against Stable-Baselines3", "",
              f"Machine: {platform.machine()}, Python {platform.python_version()}, {os.cpu_count()} cores, CPU only, one process at a time. "

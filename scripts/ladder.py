@@ -9,6 +9,11 @@ and Acrobot-v1, each a real `rlrun train -m` sweep. Writes a table into docs/ben
 `--algos` and `--set` run a variant (a subset, extra overrides for every run); with
 `--print-only` its rows are printed and docs/benchmarks.md is left as it is.
 
+Every algorithm trains for the same budget (BUDGETS, which overrides a preset's), with its
+preset's other settings where `configs/tuned/` has one for the pair (pg and a2c on CartPole-v1
+change lr and advantages; the table at the time of writing predates those presets);
+`--set '~tuned'` runs every algorithm on its own defaults instead.
+
 "Steps to threshold" is the first env step at which the mean return of the last 20 training
 episodes (`rollout/recent_return`) reaches the environment's Gymnasium reward threshold
 (CartPole-v1 475, Acrobot-v1 -100); "final eval" is the mean return of 10 deterministic
