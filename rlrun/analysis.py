@@ -589,18 +589,18 @@ def reference_rows(finished: dict[str, list[Run]], rows: list[dict[str, Any]], t
     }
 
 
-def _env_name(env_id: str) -> tuple[str, str | None]:
+def task_and_version(env_id: str) -> tuple[str, str | None]:
     name, _, version = env_id.rpartition("-v")
     return (name, version) if name and version.isdigit() else (env_id, None)
 
 
 def _beside(row: dict[str, Any], runs: list[Run], results: list[dict[str, Any]]) -> dict[str, Any]:
     env = row["env"]
-    match = next((entry for entry in results if _env_name(entry["env"])[0] == _env_name(env)[0]), None)
+    match = next((entry for entry in results if task_and_version(entry["env"])[0] == task_and_version(env)[0]), None)
     steps = float(np.median([run.summary["env_steps"] for run in runs if _is_number(run.summary.get("env_steps"))] or [np.nan]))
     beside = {"group": row["group"], "env": env, "n": row["n"], "mean": row["mean"], "mean_ci": row["mean_ci"], "env_steps": None if math.isnan(steps) else steps}
     if match is None:
-        return beside | {"published": None, "position": None, "notes": [f"no published number for {_env_name(env)[0]}"]}
+        return beside | {"published": None, "position": None, "notes": [f"no published number for {task_and_version(env)[0]}"]}
     notes = [f"env version differs: {env} here, {match['env']} published"] if match["env"] != env else []
     algos = sorted({str(run.info.get("algo")) for run in runs})
     if algos != ["ppo_clip"]:

@@ -65,10 +65,10 @@ def sweep(algo: str, envs: list[str], seeds: str, extra: list[str], max_group_si
 
 def published(env_id: str) -> list[dict]:
     """Every published PPO result shipped with rlrun (rlrun/reference_returns.yaml) for this env's task."""
-    name = env_id.rpartition("-v")[0]
+    task = analysis.task_and_version(env_id)[0]
     return [
         {"source": table["name"].split(" ")[0], **entry}
-        for table in analysis.references().values() for entry in table["results"] if entry["env"].rpartition("-v")[0] == name
+        for table in analysis.references().values() for entry in table["results"] if analysis.task_and_version(entry["env"])[0] == task
     ]
 
 
@@ -104,7 +104,7 @@ def row(algo: str, env_id: str, runs: list[analysis.Run]) -> tuple[str, bool]:
         f"{statistics.median(steps for steps, _ in reached):,.0f} ({len(reached)}/{len(runs)})" if reached else f"not reached (0/{len(runs)})",
         f"{statistics.median(seconds for _, seconds in reached):.0f}" if reached else "",
         f"{statistics.median(run.summary['wall_seconds'] for run in done):.0f}",
-        "; ".join(f"{entry['mean']:.0f} ± {entry['spread']:.0f} ({entry['source']}, v{entry['env'].rpartition('-v')[2]}, {entry['steps']:,} steps)" for entry in references),
+        "; ".join(f"{entry['mean']:.0f} ± {entry['spread']:.0f} ({entry['source']}, v{analysis.task_and_version(entry['env'])[1]}, {entry['steps']:,} steps)" for entry in references),
         "yes" if meets else "**no**",
     ]
     return "| " + " | ".join(cells) + " |", meets

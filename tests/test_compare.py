@@ -185,7 +185,7 @@ def test_every_published_number_names_its_source_and_env_version():
     for source in analysis.references().values():
         assert source["source"].startswith("https://") and source["measure"] and source["spread"]
         for entry in source["results"]:
-            assert analysis._env_name(entry["env"])[1] is not None and entry["steps"] > 0
+            assert analysis.task_and_version(entry["env"])[1] is not None and entry["steps"] > 0
 
 
 def test_area_under_the_curve_and_steps_to_threshold(tmp_path):
