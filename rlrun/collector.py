@@ -14,7 +14,7 @@ from gymnasium.wrappers.utils import RunningMeanStd
 
 from rlrun.config import EnvConfig
 from rlrun.envs import Normalizers, Rows, make_vector_env, snapshot
-from rlrun.policies import ActorCritic
+from rlrun.policies import Acting, ActorCritic
 from rlrun.rollout import Rollout
 
 log = logging.getLogger(__name__)
@@ -90,22 +90,25 @@ class Collector:
         valid_view[~active] = False
         episodes = [Episodes() for _ in self.envs]
         acting = list(runs)
+        act, head = Acting(policy.actor), policy.head
+        # Each acting run draws a whole rollout's noise up front from its own generator.
+        noise = head.noise(generators, acting, (rollout.steps, self.obs_np.shape[1]))
+        for t in range(rollout.steps):
+            obs_view[:, t] = self.obs_np
+            dist_params_view[:, t] = dist_params = act(self.obs_np)
+            actions_view[:, t] = actions = head.sample(dist_params, noise[:, t])
+            env_actions = head.to_env(actions)
+            for run in acting:
+                self._step(run, env_actions[run])
+            self._record(acting, t, views, episodes)
+            if whole_episodes:
+                done_runs = [run for run in acting if not self.collecting[run].any()]
+                for run in done_runs:
+                    valid_view[run, t + 1:] = False
+                acting = [run for run in acting if run not in done_runs]
+                if not acting:
+                    break
         with torch.inference_mode():
-            for t in range(rollout.steps):
-                dist_params = policy.actor(self.obs)
-                actions = policy.head.sample(dist_params, generators, acting)
-                obs_view[:, t], actions_view[:, t], dist_params_view[:, t] = self.obs_np, actions.numpy(), dist_params.numpy()
-                env_actions = policy.head.to_env(actions)
-                for run in acting:
-                    self._step(run, env_actions[run])
-                self._record(acting, t, views, episodes)
-                if whole_episodes:
-                    done_runs = [run for run in acting if not self.collecting[run].any()]
-                    for run in done_runs:
-                        valid_view[run, t + 1:] = False
-                    acting = [run for run in acting if run not in done_runs]
-                    if not acting:
-                        break
             # Neither the critic nor log pi(a|s) plays a part in acting: one batched call each
             # over the steps taken (a whole-episode rollout may end early).
             filled = t + 1

@@ -16,7 +16,7 @@ from rlrun.checkpoint import load_checkpoint
 from rlrun.config import EnvConfig, PolicyConfig
 from rlrun.envs import make_vector_env, normalized, optional_dependencies, running_stats
 from rlrun.errors import RLRunError
-from rlrun.policies import ActorCritic
+from rlrun.policies import Acting, ActorCritic
 
 EVAL_SEED_OFFSET = 1_000_000  # evaluation episodes never replay training seeds
 UNLIMITED_EPISODE_STEPS = 100_000  # evaluation gives up on an episode this long without a time limit
@@ -43,6 +43,7 @@ def evaluate(
     runs = {run: _EvalRun(env_config, num_envs, episodes, video_dir, obs_stats[run]) for run in seeds}
     limit = _episode_step_limit(env_config.id)
     generators = [torch.Generator().manual_seed(seeds.get(run, 0)) for run in range(policy.num_runs)] if stochastic else []
+    act, head = Acting(policy.actor), policy.head
     try:
         with optional_dependencies(env_config.id, video=video_dir is not None):
             obs = np.zeros((policy.num_runs, num_envs, *policy.obs_shape), dtype=np.float32)
@@ -52,10 +53,8 @@ def evaluate(
                 playing = [run for run, evaluation in runs.items() if not evaluation.done()]
                 if not playing:
                     break
-                with torch.inference_mode():
-                    params = policy.actor(torch.from_numpy(obs))
-                    actions = policy.head.sample(params, generators, playing) if stochastic else policy.distribution(params).mode
-                    actions = policy.head.to_env(actions)
+                noise = head.noise(generators, playing, (num_envs,)) if stochastic else None
+                actions = head.to_env(head.sample(act(obs), noise))
                 for run in playing:
                     obs[run] = runs[run].step(actions[run])
     finally:

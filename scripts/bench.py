@@ -208,6 +208,7 @@ def limit(overrides: tuple[str, ...] = (), repeats: int = 20) -> dict:
 
     from rlrun.algos import config_classes
     from rlrun.config import register_schemas, to_object
+    from rlrun.policies import Acting
     from rlrun.trainer import Run, Trainer
 
     register_schemas(config_classes())
@@ -233,13 +234,14 @@ def limit(overrides: tuple[str, ...] = (), repeats: int = 20) -> dict:
             trainer.update()
         actions = np.stack([envs.single_action_space.sample() for _ in range(envs.num_envs)])
         env_seconds = timed(lambda: envs.step(actions), steps * repeats) * steps
-        obs = collector.obs
+        obs, head = collector.obs_np, policy.head
 
         def act() -> None:
-            with torch.inference_mode():
-                for _ in range(steps):  # acting: the actor and a sample, every step
-                    policy.head.to_env(policy.head.sample(policy.actor(obs), trainer.generators, [0]))
-                # once per rollout, batched: log pi(a|s) and the critic
+            acting = Acting(policy.actor)
+            noise = head.noise(trainer.generators, [0], (steps, envs.num_envs))
+            for t in range(steps):  # acting: the actor and a sample, every step
+                head.to_env(head.sample(acting(obs), noise[:, t]))
+            with torch.inference_mode():  # once per rollout, batched: log pi(a|s) and the critic
                 policy.head.log_prob(rollout.dist_params, rollout.actions)
                 policy.value(rollout.obs.flatten(1, 2))
 

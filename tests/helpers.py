@@ -125,3 +125,12 @@ def generators(*seeds: int) -> list:
     import torch
 
     return [torch.Generator().manual_seed(seed) for seed in seeds]
+
+
+def sample(head, dist_params, seeds: list[int]):
+    """Actions drawn as acting draws them (`head.noise`, `head.sample`) for (R, ..., P)
+    `dist_params`, run r's from a generator seeded by `seeds[r]`, as a tensor."""
+    import torch
+
+    noise = head.noise(generators(*seeds), list(range(len(seeds))), tuple(dist_params.shape[1:-1]))
+    return torch.from_numpy(head.sample(dist_params.detach().numpy(), noise))

@@ -4,7 +4,7 @@ a group (each with its own hyperparameters)."""
 import gymnasium as gym
 import torch
 
-from helpers import algo_config, generators, policy_config
+from helpers import algo_config, generators, policy_config, sample
 from rlrun.algos.ppo import PPOClip
 from rlrun.policies import ActorCritic
 from rlrun.rollout import Batch
@@ -78,7 +78,7 @@ def _update(*runs):
     obs = torch.stack([torch.randn(64, 3, generator=torch.Generator().manual_seed(seed)) for seed in seeds])
     with torch.no_grad():
         dist_params = policy.actor(obs)
-        actions = policy.head.sample(dist_params, generators(*(1000 + seed for seed in seeds)), list(range(len(seeds))))
+        actions = sample(policy.head, dist_params, [1000 + seed for seed in seeds])
         log_probs = policy.distribution(dist_params).log_prob(actions)
     advantages = torch.stack([torch.randn(64, generator=torch.Generator().manual_seed(100 + seed)) for seed in seeds])
     zeros = torch.zeros(len(runs), 64)

@@ -11,7 +11,7 @@ import torch
 from torch.distributions import Normal
 from typer.testing import CliRunner
 
-from helpers import ALGOS, collect, compose_config, generators, group_trainer, read_summary, small_overrides, tb_events
+from helpers import ALGOS, collect, compose_config, group_trainer, read_summary, sample, small_overrides, tb_events
 from rlrun.algos import ALGORITHMS
 from rlrun.checkpoint import load_checkpoint
 from rlrun.cli import app
@@ -94,13 +94,13 @@ def test_categorical_head_samples_its_own_distribution():
     head = CategoricalHead(gym.spaces.Discrete(3))
     logits = torch.tensor([[[2.0, 0.0, -1.0], [0.0, 0.0, 0.0]], [[-1.0, 0.5, 3.0], [1.0, 0.0, 1.0]]])  # (R, 2 states, 3)
     params = logits.unsqueeze(1).repeat(1, draws, 1, 1)  # (R, draws, 2, 3)
-    actions = head.sample(params, generators(0, 1), [0, 1])
+    actions = sample(head, params, [0, 1])
     assert actions.shape == (2, draws, 2) and actions.dtype == head.action_dtype
     for run in range(2):
         for row in range(2):
             frequencies = torch.bincount(actions[run, :, row], minlength=3) / draws
             assert torch.allclose(frequencies, logits[run, row].softmax(-1), atol=4e-3), frequencies  # > 3.5 sd
-        assert torch.equal(head.sample(params[run:run + 1], generators(run), [0]), actions[run:run + 1])
+        assert torch.equal(sample(head, params[run:run + 1], [run]), actions[run:run + 1])
 
 
 def test_clipping_for_the_env_leaves_stored_actions_and_log_probs_alone(tmp_path):
@@ -111,7 +111,7 @@ def test_clipping_for_the_env_leaves_stored_actions_and_log_probs_alone(tmp_path
     rollout, policy = trainer.rollout, trainer.policy
     assert rollout.actions.shape == (2, 64, 2, 1)
     assert (rollout.actions.abs() > 2.0).any(3).any(2).any(1).all()  # sigma = e^1.5: many samples leave [-2, 2], in each run
-    assert (np.abs(policy.head.to_env(rollout.actions)) <= 2.0).all()
+    assert (np.abs(policy.head.to_env(rollout.actions.numpy())) <= 2.0).all()
     with torch.no_grad():
         recomputed = policy.distribution(rollout.dist_params).log_prob(rollout.actions)
     assert torch.allclose(recomputed, rollout.log_probs, atol=1e-5)

@@ -13,7 +13,7 @@ from rlrun.algos import ALGORITHMS
 from rlrun.algos.base import score_function_variance
 from rlrun.algos.pg import PG, PGBaseline, policy_gradient_loss
 from rlrun.algos.ppo import PPOKL, adapt_kl_beta
-from helpers import algo_config, generators, policy_config
+from helpers import algo_config, generators, policy_config, sample
 from rlrun.algos.pg import Baseline
 from rlrun.policies import ActorCritic
 from rlrun.rollout import Batch, Rollout
@@ -123,7 +123,7 @@ def _cartpole_batch(policy, size=64, ends_every=(8,), padding=(0,)):
     obs = torch.randn(runs, size, 4, generator=generator)
     with torch.no_grad():
         dist_params = policy.actor(obs)
-        actions = policy.head.sample(dist_params, generators(*range(runs)), list(range(runs)))
+        actions = sample(policy.head, dist_params, list(range(runs)))
         old_log_probs = policy.distribution(dist_params).log_prob(actions)
     dones = torch.zeros(runs, size, dtype=torch.bool)
     mask = torch.ones(runs, size)

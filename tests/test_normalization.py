@@ -14,6 +14,7 @@ from gymnasium.wrappers.vector import NormalizeObservation, NormalizeReward, Rec
 from helpers import collect, compose_config, group_trainer, read_summary
 from rlrun.checkpoint import load_checkpoint, save_checkpoint
 from rlrun.evaluation import evaluate
+from rlrun.policies import Acting
 from rlrun.trainer import train
 
 # Two runs of a group, each with its own seed and discount (NormalizeReward's gamma).
@@ -54,7 +55,7 @@ def test_the_collector_normalises_as_gymnasiums_wrappers_do(tmp_path, env):
             returns = []
             for t in range(rollout.steps):
                 assert np.array_equal(rollout.obs[run, t].numpy(), obs[run]), (run, t)
-                obs[run], rewards, terminated, truncated, info = envs.step(head.to_env(rollout.actions[run, t]))
+                obs[run], rewards, terminated, truncated, info = envs.step(head.to_env(rollout.actions[run, t].numpy()))
                 assert np.array_equal(rollout.rewards[run, t].numpy(), rewards.astype(np.float32)), (run, t)
                 assert np.array_equal(rollout.dones[run, t].numpy(), terminated | truncated)
                 if "episode" in info:
@@ -89,8 +90,7 @@ def test_evaluation_normalises_with_the_runs_statistics_frozen(tmp_path):
         while running.any():
             batch = np.zeros((2, *obs.shape), dtype=np.float32)
             batch[run] = obs
-            with torch.inference_mode():
-                actions = policy.head.to_env(policy.distribution(policy.actor(torch.from_numpy(batch))).mode)[run]
+            actions = policy.head.to_env(policy.head.sample(Acting(policy.actor)(batch), None))[run]  # the mode, as acting computes it
             obs, rewards, terminated, truncated, _ = envs.step(actions)
             total += np.where(running, rewards, 0.0)
             running &= ~(terminated | truncated)
