@@ -209,8 +209,8 @@ class Acting:
     an update moves the parameters in place, under the views).
 
     Why numpy: on inputs this small every operation costs its fixed per-call cost, and numpy's
-    is a fraction of torch's and of the module calls'; for a Hopper step, about 20 µs against
-    100. The arithmetic is `Actor.forward`'s in float32, rounded in BLAS's order.
+    is a fraction of torch's and of the module calls'. The arithmetic is `Actor.forward`'s in
+    float32, rounded in BLAS's order.
     """
 
     def __init__(self, actor: Actor):

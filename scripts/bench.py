@@ -18,11 +18,13 @@ Measures, each in fresh processes, one at a time (after an untimed warm-up of ea
   the whole process of a run with a one-rollout budget and no evaluation, minus its loop.
 Writes a markdown table into docs/benchmarks.md.
 
-    python scripts/bench.py --equal         # the engine at equal settings (section "equal-settings")
+    python scripts/bench.py --equal         # the engine at equal settings
 
 runs rlrun and SB3 PPO with the same hyperparameters (rl-zoo3's, or the PPO defaults on
 Hopper) on each workload of EQUAL, alternating the runners, and tabulates loop SPS (rlrun's
-summary.json, SB3's `learn()`) and the mean return of the last 20 training episodes.
+summary.json, SB3's `learn()`) and the mean return of the last 20 training episodes, in the
+section "equal-settings-<torch_compile>", with "-<budget>" for `--budget` and "-<workloads>"
+for a subset of the workloads.
 """
 
 from __future__ import annotations
@@ -195,7 +197,9 @@ def equal_settings(seeds: list[int], workloads: list[str], compile_setting: str,
                 f"{spread(ratios)} | {returns(ours, 'train_return_recent')} | {returns(theirs, 'recent')} |"
             )
             print(lines[-1], flush=True)
-    print(write_section(f"equal-settings-{compile_setting}" + (f"-{budget}" if budget else ""), lines))
+            print("  per seed, rlrun / SB3 return:", ", ".join(f"{seed}: {o['train_return_recent']} / {t['recent']}" for seed, o, t in zip(seeds, ours, theirs)), flush=True)
+    subset = "" if workloads == list(EQUAL) else "-" + "-".join(workloads)  # a subset does not replace the whole table
+    print(write_section(f"equal-settings-{compile_setting}" + (f"-{budget}" if budget else "") + subset, lines))
 
 
 def limit(overrides: tuple[str, ...] = (), repeats: int = 20) -> dict:
