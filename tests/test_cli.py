@@ -168,7 +168,7 @@ def test_help_is_useful(monkeypatch):
     train_help = CliRunner().invoke(cli.app, ["train", "--help"])
     assert train_help.exit_code == 0, train_help.output
     assert f"algo: {', '.join(ALGOS)}" in train_help.stdout  # every registered algorithm
-    assert "env: Acrobot-v1, CartPole-v1" in train_help.stdout
+    assert "env: Acrobot-v1, Ant-v5, CartPole-v1" in train_help.stdout
     assert "rlrun train -m seed=1,2,3" in train_help.stdout
 
 
