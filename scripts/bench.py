@@ -175,10 +175,10 @@ def equal_settings(seeds: list[int], workloads: list[str], compile_setting: str,
         f"Produced by `python scripts/bench.py --equal {command}` "
         f"(rlrun with `torch_compile={compile_setting}`). Runners alternated per seed; median [min, max] over seeds. "
         "Loop SPS: env steps per second of the training loop (rlrun's summary.json; SB3's `learn()`). "
-        "Return: mean of the last 20 training episodes (raw rewards) at the end of the budget. With `torch_compile=true` "
-        "rlrun's loop includes compiling: the first seed compiles cold (the minimum of each rlrun column), the later seeds "
-        "find inductor's on-disk cache warm.", "",
-        "| workload | env steps | rlrun SPS | SB3 SPS | ratio | rlrun return | SB3 return |", "|---|---|---|---|---|---|---|",
+        "Return: mean of the last 20 training episodes (raw rewards) at the end of the budget. \"compiled\": how many of "
+        "rlrun's runs compiled their update (summary.json); a compiling run's loop includes the compile, cold for the first "
+        "seed (the minimum of its rlrun column), from inductor's on-disk cache for the later ones.", "",
+        "| workload | env steps | rlrun SPS | SB3 SPS | ratio | rlrun return | SB3 return | compiled |", "|---|---|---|---|---|---|---|---|",
     ]
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -194,7 +194,7 @@ def equal_settings(seeds: list[int], workloads: list[str], compile_setting: str,
             returns = lambda runs, key: spread([r[key] for r in runs if r[key] is not None], ".0f")  # noqa: E731
             lines.append(
                 f"| {env_id} | {workload['budget']:,} | {spread([r['sps'] for r in ours], ',.0f')} | {spread([r['sps'] for r in theirs], ',.0f')} | "
-                f"{spread(ratios)} | {returns(ours, 'train_return_recent')} | {returns(theirs, 'recent')} |"
+                f"{spread(ratios)} | {returns(ours, 'train_return_recent')} | {returns(theirs, 'recent')} | {sum(r['compiled'] for r in ours)}/{len(ours)} |"
             )
             print(lines[-1], flush=True)
             print("  per seed, rlrun / SB3 return:", ", ".join(f"{seed}: {o['train_return_recent']} / {t['recent']}" for seed, o, t in zip(seeds, ours, theirs)), flush=True)
