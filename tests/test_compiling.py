@@ -38,6 +38,7 @@ def _assert_same_run(compiled, eager, compiled_stats, eager_stats):
 
 
 @needs_compiler
+@pytest.mark.slow(reason="compiles PPO-clip's step (5-30 s): the default suite's budget")
 def test_a_compiled_update_equals_the_eager_one_up_to_rounding(tmp_path):
     """Same seeds, same rollouts: after two updates of 8 minibatch steps each, every parameter
     and every diagnostic of both runs agrees with the eager group's; and a compiled rerun is
@@ -51,7 +52,7 @@ def test_a_compiled_update_equals_the_eager_one_up_to_rounding(tmp_path):
 
 
 @needs_compiler
-@pytest.mark.slow(reason="compiles the masked step too (another 10-30 s of compiling)")
+@pytest.mark.slow(reason="compiles the masked step (10-30 s)")
 def test_a_compiled_run_stopped_by_target_kl_stays_put_as_in_eager(tmp_path):
     """Run 1 stops its epochs at a tiny target_kl, run 0 does not: the compiled step where not
     every run moves leaves run 1 exactly as the eager step does."""
@@ -63,7 +64,7 @@ def test_a_compiled_run_stopped_by_target_kl_stays_put_as_in_eager(tmp_path):
 
 
 @needs_compiler
-@pytest.mark.slow(reason="compiles PPO-KL's step too (another 10-30 s of compiling)")
+@pytest.mark.slow(reason="compiles PPO-KL's step (10-30 s)")
 def test_a_compiled_ppo_kl_update_equals_the_eager_one(tmp_path):
     """PPO-KL's penalty (the heads' closed-form KL) compiles without a graph break, each run
     with its own beta, and agrees with eager."""
